@@ -1,0 +1,246 @@
+"""The Channel: the Redis transport of a town.
+
+Four priority lists per agent, a blocking receive that waits inside Redis, at-least-once
+delivery through an in-flight set, redelivery, and the event stream.  All multi-key steps
+run in the one Lua script of :mod:`tinytown.scripts`.
+
+How a blocking receive waits: every enqueue pushes a token onto the recipient's *bell*
+list (trimmed to one token).  ``receive`` first pops atomically; when the inbox is empty it
+waits on ``BLPOP bell`` — inside Redis, no polling — and pops again when it wakes.  A
+message that lands between the pop and the BLPOP leaves its token behind, so the BLPOP
+returns at once: nothing is missed.  Cancelling the wait pops nothing from the inbox.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from tinytown.errors import wrap_redis_errors
+from tinytown.keys import Keys
+from tinytown.models import PRIORITY_ORDER, Event, InboxCounts, Message, now_ms
+from tinytown.scripts import TOWN_LUA
+
+EVENTS_MAXLEN = 10_000
+PROGRESS_EVERY_S = 10.0
+
+ProgressCallback = Callable[[float, float], Awaitable[None]]
+
+
+@dataclass
+class Plan:
+    """A guarded, all-or-nothing write applied by the ``apply`` Lua operation.
+
+    Keys are given without the town prefix.  Guards compare a hash field against allowed
+    values ('' = absent) and fail the whole plan with ``code: sentence`` when none match.
+    """
+
+    guards: list[list[Any]] = field(default_factory=list)
+    hset: list[list[Any]] = field(default_factory=list)
+    hdel: list[list[Any]] = field(default_factory=list)
+    hincr: list[list[Any]] = field(default_factory=list)
+    zadd: list[list[Any]] = field(default_factory=list)
+    zrem: list[list[Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    send: list[list[Any]] = field(default_factory=list)
+    events: list[list[Any]] = field(default_factory=list)
+
+    def guard(self, key: str, fld: str, allowed: Sequence[str], code: str, sentence: str) -> None:
+        self.guards.append([key, fld, list(allowed), code, sentence])
+
+    def event(self, event_type: str, /, **data: Any) -> None:
+        self.events.append([event_type, json.dumps(data)])
+
+
+@dataclass
+class Received:
+    messages: list[Message]
+    timed_out: bool
+
+
+class Channel:
+    """Messages in and out of agents' inboxes.  Agents are addressed by id here."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, max_inbox: int = 10_000) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.max_inbox = max_inbox
+        self._script: AsyncScript = redis.register_script(TOWN_LUA)
+
+    def _strip(self, key: str) -> str:
+        return key.removeprefix(self.keys.prefix)
+
+    async def _run(self, op: str, *args: Any) -> Any:
+        async with wrap_redis_errors():
+            return await self._script(
+                keys=[self.keys.seq], args=[op, self.keys.prefix, now_ms(), *args]
+            )
+
+    async def send(self, sender_id: str, target_id: str, message: Message) -> list[str]:
+        """Enqueue ``message`` for ``target_id`` (or ``"*"``: every live agent but the sender).
+
+        Returns the ids of the stored copies.
+
+        Raises:
+            Invalid: a recipient's inbox is full (nothing is stored).
+            NotFound: the recipient is gone.
+        """
+        data = message.to_redis()
+        ids = await self._run(
+            "send", self.max_inbox, EVENTS_MAXLEN, sender_id, json.dumps(data), target_id
+        )
+        return [str(i) for i in ids]
+
+    async def receive(
+        self,
+        agent_id: str,
+        *,
+        timeout_s: float,
+        max_messages: int,
+        redelivery_after_s: float,
+        session: str | None = None,
+        ack_previous: bool = True,
+        progress: ProgressCallback | None = None,
+        progress_every_s: float = PROGRESS_EVERY_S,
+    ) -> Received:
+        """Wait up to ``timeout_s`` for messages; return as soon as any arrive.
+
+        The batch moves atomically into the agent's in-flight set; it is acknowledged by
+        the next receive (when ``ack_previous``), by :meth:`ack`, or redelivered to the
+        front of the inbox after ``redelivery_after_s``.  Waiting happens in slices of
+        ``progress_every_s`` so ``progress(elapsed, total)`` can be reported.
+
+        Raises:
+            Conflict: a newer session of the agent owns the mailbox.
+        """
+        started = time.monotonic()
+        deadline = started + max(0.0, timeout_s)
+        bell = self.keys.bell(agent_id)
+        while True:
+            rows = await self._run(
+                "receive",
+                agent_id,
+                session or "",
+                max_messages,
+                int(redelivery_after_s * 1000),
+                "1" if ack_previous else "0",
+                EVENTS_MAXLEN,
+            )
+            ack_previous = False
+            if rows:
+                return Received([_message_from_row(row) for row in rows], timed_out=False)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Received([], timed_out=True)
+            wait = min(remaining, progress_every_s)
+            async with wrap_redis_errors():
+                # BLPOP takes seconds as a float (Redis >= 6); 0 would mean forever.
+                rang = await self.redis.blpop([bell], timeout=max(wait, 0.01))
+            if rang is None and progress is not None:
+                await progress(time.monotonic() - started, timeout_s)
+
+    async def ack(self, agent_id: str, message_ids: Sequence[str]) -> int:
+        """Acknowledge in-flight messages; unknown or already-acked ids are ignored.
+
+        Returns how many were acknowledged now.
+        """
+        if not message_ids:
+            return 0
+        return int(await self._run("ack", agent_id, *message_ids))
+
+    async def requeue(self, agent_id: str) -> int:
+        """Put every in-flight message of the agent back at the front of its inbox."""
+        return int(await self._run("requeue", agent_id))
+
+    async def claim(self, agent_id: str, task_id: str | None) -> str:
+        return str(await self._run("claim", agent_id, task_id or "", EVENTS_MAXLEN))
+
+    async def apply(self, plan: Plan) -> None:
+        """Run a guarded plan atomically (see :class:`Plan`)."""
+        body = {
+            "guards": plan.guards,
+            "hset": plan.hset,
+            "hdel": plan.hdel,
+            "hincr": plan.hincr,
+            "zadd": plan.zadd,
+            "zrem": plan.zrem,
+            "del": plan.delete,
+            "send": plan.send,
+            "events": plan.events,
+            "max_inbox": self.max_inbox,
+            "maxlen": EVENTS_MAXLEN,
+        }
+        await self._run("apply", json.dumps(body))
+
+
+    async def counts(self, agent_id: str) -> InboxCounts:
+        async with wrap_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in self.keys.inboxes(agent_id):
+                    pipe.llen(key)
+                pipe.zcard(self.keys.inflight(agent_id))
+                lengths = await pipe.execute()
+        return InboxCounts(pending=sum(lengths[:4]), urgent=lengths[0], in_flight=lengths[4])
+
+    async def peek(self, agent_id: str, limit: int = 50) -> list[Message]:
+        """The pending messages in the order they would be received, without consuming."""
+        ids: list[str] = []
+        async with wrap_redis_errors():
+            for priority in PRIORITY_ORDER:
+                if len(ids) >= limit:
+                    break
+                ids += await self.redis.lrange(
+                    self.keys.inbox(agent_id, priority), 0, limit - len(ids) - 1
+                )
+            return await self.load(ids)
+
+    async def in_flight(self, agent_id: str) -> list[Message]:
+        async with wrap_redis_errors():
+            ids = await self.redis.zrange(self.keys.inflight(agent_id), 0, -1)
+        return await self.load(ids)
+
+    async def load(self, message_ids: Sequence[str]) -> list[Message]:
+        if not message_ids:
+            return []
+        async with wrap_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for mid in message_ids:
+                    pipe.hgetall(self.keys.message(mid))
+                rows = await pipe.execute()
+        return [Message.from_redis(row) for row in rows if row]
+
+    async def events(self, count: int = 20) -> list[Event]:
+        """The newest ``count`` events, oldest first."""
+        async with wrap_redis_errors():
+            rows = await self.redis.xrevrange(self.keys.events, count=count)
+        return [_event(eid, fields) for eid, fields in reversed(rows)]
+
+    async def wait_events(self, after: str, block_s: float) -> list[Event]:
+        """Events after id ``after`` (``"$"``: only new ones), waiting up to ``block_s``."""
+        async with wrap_redis_errors():
+            reply = await self.redis.xread(
+                {self.keys.events: after}, block=max(1, int(block_s * 1000)), count=100
+            )
+        if not reply:
+            return []
+        return [_event(eid, fields) for _stream, rows in reply for eid, fields in rows]
+
+    async def last_event_id(self) -> str:
+        async with wrap_redis_errors():
+            rows = await self.redis.xrevrange(self.keys.events, count=1)
+        return str(rows[0][0]) if rows else "0-0"
+
+
+def _message_from_row(row: list[str]) -> Message:
+    return Message.from_redis(dict(zip(row[::2], row[1::2], strict=True)))
+
+
+def _event(eid: str, fields: dict[str, str]) -> Event:
+    ms = int(str(eid).split("-", 1)[0])
+    return Event(id=str(eid), type=fields.get("type", ""), at=ms, data=json.loads(fields.get("data", "{}")))

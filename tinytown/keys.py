@@ -1,0 +1,101 @@
+"""Every Redis key of a town, in one place.
+
+All keys start with ``tt:{<town>}:``.  The braces are a Redis Cluster hash tag: one town's
+keys share one slot, so the multi-key Lua scripts work on Cluster as on a single server,
+and several towns can share one Redis without seeing each other.
+
+    tt:{town}:seq                     counter: creation order of agents, tasks, messages
+    tt:{town}:agents                  zset   agent id -> seq          (every agent)
+    tt:{town}:agent_names             hash   lower-case name -> agent id
+    tt:{town}:agent:<id>              hash   Agent record
+    tt:{town}:inbox:<id>:<priority>   list   message ids, FIFO (RPUSH / LPOP; LPUSH = front)
+    tt:{town}:bell:<id>               list   at most one token: "mail arrived" for BLPOP
+    tt:{town}:inflight:<id>           zset   message id -> delivered-at ms (received, not acked)
+    tt:{town}:inflight_due            zset   "<agent id>|<msg id>" -> redeliver-at ms (town-wide)
+    tt:{town}:msg:<id>                hash   Message record (+ internal "attempt")
+    tt:{town}:task:<id>               hash   Task record
+    tt:{town}:tasks                   zset   task id -> seq             (every task)
+    tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog)
+    tt:{town}:tasks:agent:<id>        zset   task id -> seq             (ever assigned to agent)
+    tt:{town}:events                  stream town events (XADD MAXLEN ~ 10000)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinytown.models import PRIORITY_ORDER, Priority, TaskState
+
+
+def town_prefix(town: str) -> str:
+    return f"tt:{{{town}}}:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    town: str
+
+    @property
+    def prefix(self) -> str:
+        return town_prefix(self.town)
+
+    @property
+    def match_all(self) -> str:
+        """SCAN pattern for every key of this town (used by ``reset`` only)."""
+        return self.prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+
+    @property
+    def seq(self) -> str:
+        return self.prefix + "seq"
+
+    @property
+    def agents(self) -> str:
+        return self.prefix + "agents"
+
+    @property
+    def agent_names(self) -> str:
+        return self.prefix + "agent_names"
+
+    def agent(self, agent_id: str) -> str:
+        return f"{self.prefix}agent:{agent_id}"
+
+    def inbox(self, agent_id: str, priority: Priority | str) -> str:
+        return f"{self.prefix}inbox:{agent_id}:{Priority(priority).value}"
+
+    def inboxes(self, agent_id: str) -> list[str]:
+        """The four inbox lists of an agent, highest priority first."""
+        return [self.inbox(agent_id, p) for p in PRIORITY_ORDER]
+
+    def bell(self, agent_id: str) -> str:
+        return f"{self.prefix}bell:{agent_id}"
+
+    def inflight(self, agent_id: str) -> str:
+        return f"{self.prefix}inflight:{agent_id}"
+
+    @property
+    def inflight_due(self) -> str:
+        return self.prefix + "inflight_due"
+
+    def message(self, message_id: str) -> str:
+        return f"{self.prefix}msg:{message_id}"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}task:{task_id}"
+
+    @property
+    def tasks(self) -> str:
+        return self.prefix + "tasks"
+
+    def tasks_in_state(self, state: TaskState | str) -> str:
+        return f"{self.prefix}tasks:state:{TaskState(state).value}"
+
+    @property
+    def backlog(self) -> str:
+        return self.tasks_in_state(TaskState.PENDING)
+
+    def tasks_of_agent(self, agent_id: str) -> str:
+        return f"{self.prefix}tasks:agent:{agent_id}"
+
+    @property
+    def events(self) -> str:
+        return self.prefix + "events"

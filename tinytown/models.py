@@ -1,0 +1,223 @@
+"""Pure data: the records Tinytown stores and returns.  No I/O here.
+
+Records are stored in Redis hashes (one field per attribute, ``None`` as an absent
+field); :meth:`to_redis` / :meth:`from_redis` are the only place that knows that shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from enum import StrEnum
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+TOWN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+CONDUCTOR = "conductor"
+BROADCAST = "all"
+RESERVED_NAMES = frozenset({CONDUCTOR, "supervisor", BROADCAST})
+NAME_ALIASES = {"supervisor": CONDUCTOR}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class AgentState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    WORKING = "working"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_TASK_STATES
+
+
+FINAL_TASK_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+
+# The legal moves of a task (SPEC 4).  Reclaiming from a dead agent is the only way back.
+TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.ASSIGNED, TaskState.CANCELLED}),
+    TaskState.ASSIGNED: frozenset(
+        {TaskState.RUNNING, TaskState.PENDING, TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
+    ),
+    TaskState.RUNNING: frozenset(
+        {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.PENDING}
+    ),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.CANCELLED: frozenset(),
+}
+
+
+class MessageKind(StrEnum):
+    TASK = "task"
+    QUERY = "query"
+    INFO = "info"
+    ACK = "ack"
+    TASK_DONE = "task_done"
+    TASK_FAILED = "task_failed"
+    TASK_CANCELLED = "task_cancelled"
+    CUSTOM = "custom"
+
+    @property
+    def actionable(self) -> bool:
+        """Whether a runner starts its CLI for this kind (SPEC 5)."""
+        return self in (MessageKind.TASK, MessageKind.QUERY, MessageKind.CUSTOM)
+
+
+class Priority(StrEnum):
+    URGENT = "urgent"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 is received first."""
+        return PRIORITY_ORDER.index(self)
+
+
+PRIORITY_ORDER: list[Priority] = [Priority.URGENT, Priority.HIGH, Priority.NORMAL, Priority.LOW]
+
+
+class Record(BaseModel):
+    """A record stored as a Redis hash of strings."""
+
+    model_config = ConfigDict(use_enum_values=False, populate_by_name=True)
+
+    json_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def to_redis(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json", by_alias=False).items():
+            if value is None:
+                continue
+            if name in self.json_fields:
+                out[name] = json.dumps(value)
+            elif isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            else:
+                out[name] = str(value)
+        return out
+
+    @classmethod
+    def from_redis(cls, data: dict[str, str]) -> Self:
+        values: dict[str, Any] = {}
+        for name, raw in data.items():
+            if name not in cls.model_fields:
+                continue  # internal bookkeeping fields (e.g. a message's attempt)
+            values[name] = json.loads(raw) if name in cls.json_fields else raw
+        return cls.model_validate(values)
+
+
+class Agent(Record):
+    id: str
+    name: str
+    nickname: str | None = None
+    role: str | None = None
+    cli: str | None = None
+    state: AgentState = AgentState.STARTING
+    current_task: str | None = None
+    created_at: int = Field(default_factory=now_ms)
+    last_seen: int = Field(default_factory=now_ms)
+    tasks_completed: int = 0
+    rounds_completed: int = 0
+    pid: int | None = None
+    session: str | None = None
+    max_rounds: int | None = None
+
+    def is_stale(self, stale_after_s: float, at_ms: int | None = None) -> bool:
+        """Not seen for ``stale_after_s`` while claiming to be alive."""
+        if self.state in (AgentState.STOPPED, AgentState.ERROR) or self.name == CONDUCTOR:
+            return False
+        return ((at_ms or now_ms()) - self.last_seen) > stale_after_s * 1000
+
+
+class Task(Record):
+    json_fields: ClassVar[frozenset[str]] = frozenset({"tags"})
+
+    id: str
+    description: str
+    state: TaskState = TaskState.PENDING
+    assigned_to: str | None = None
+    created_by: str
+    tags: list[str] = Field(default_factory=list)
+    parent_id: str | None = None
+    priority: Priority = Priority.NORMAL
+    attempt: int = 0
+    result: str | None = None
+    error: str | None = None
+    created_at: int = Field(default_factory=now_ms)
+    updated_at: int = Field(default_factory=now_ms)
+    started_at: int | None = None
+    completed_at: int | None = None
+
+
+class Message(Record):
+    id: str
+    sender: str = Field(alias="from")
+    to: str
+    kind: MessageKind = MessageKind.INFO
+    body: str
+    priority: Priority = Priority.NORMAL
+    task_id: str | None = None
+    reply_to: str | None = None
+    created_at: int = Field(default_factory=now_ms)
+    delivery_count: int = 0
+
+    def to_redis(self) -> dict[str, str]:
+        data = super().to_redis()
+        data["from"] = data.pop("sender")
+        return data
+
+    @classmethod
+    def from_redis(cls, data: dict[str, str]) -> Self:
+        data = dict(data)
+        if "from" in data:
+            data["sender"] = data.pop("from")
+        return super().from_redis(data)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape shown to agents and scripts (``from``, not ``sender``)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class InboxCounts(BaseModel):
+    pending: int = 0
+    urgent: int = 0
+    in_flight: int = 0
+
+
+class Event(BaseModel):
+    id: str
+    type: str
+    at: int
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskPage(BaseModel):
+    tasks: list[Task]
+    next_cursor: str | None = None
+
+
+def normalise_agent_name(name: str) -> str:
+    """Lower-case a name and resolve the ``supervisor`` alias."""
+    lowered = name.strip().lower()
+    return NAME_ALIASES.get(lowered, lowered)

@@ -1,0 +1,278 @@
+"""The Lua that makes every multi-key step of a town atomic.
+
+One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
+
+``send``      enqueue one message, or a copy for every live agent (``to = "all"``)
+``receive``   implicit ack of the caller's in-flight messages, redelivery of overdue
+              in-flight messages, then pop up to N ids (highest priority first, FIFO inside
+              one) into the caller's in-flight set; an assignment it delivers marks the task
+              ``running``
+``ack``       acknowledge in-flight messages by id
+``requeue``   put every in-flight message of an agent back at the front of its inbox
+``claim``     take the oldest (or a given) backlog task for an agent
+``apply``     a guarded plan computed in Python: compare-and-set guards, inbox limits, then
+              hash/zset writes, messages and events — all or nothing
+
+Every check runs before the first write, so an error leaves nothing half-written.  Errors
+are replies of the form ``"<code>: <sentence>"`` (see :mod:`tinytown.errors`).
+
+``KEYS[1]`` is the town's ``seq`` key; every other key is derived from the prefix in
+``ARGV[2]`` and carries the same ``{town}`` hash tag, so all of them live in KEYS[1]'s slot.
+"""
+
+from __future__ import annotations
+
+TOWN_LUA = r"""
+local OP = ARGV[1]
+local P = ARGV[2]
+local PRIOS = {'urgent', 'high', 'normal', 'low'}
+local ACKED_TTL = 86400
+
+local function fail(code, msg) return redis.error_reply(code .. ': ' .. msg) end
+
+local function inbox(agent, prio) return P .. 'inbox:' .. agent .. ':' .. prio end
+
+local function inbox_size(agent)
+  local n = 0
+  for _, pr in ipairs(PRIOS) do n = n + redis.call('LLEN', inbox(agent, pr)) end
+  return n
+end
+
+local function ring(agent)
+  redis.call('LPUSH', P .. 'bell:' .. agent, '1')
+  redis.call('LTRIM', P .. 'bell:' .. agent, 0, 0)
+end
+
+local function event(kind, data, maxlen)
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'type', kind, 'data', data)
+end
+
+local function hset_table(key, fields)
+  local flat = {}
+  for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = tostring(v) end
+  if #flat > 0 then redis.call('HSET', key, unpack(flat)) end
+end
+
+-- push a stored message id onto an agent's inbox; front=true for redelivery
+local function push(agent, id, prio, front)
+  if front then redis.call('LPUSH', inbox(agent, prio), id)
+  else redis.call('RPUSH', inbox(agent, prio), id) end
+  ring(agent)
+end
+
+local function forget(agent, id)
+  redis.call('ZREM', P .. 'inflight:' .. agent, id)
+  redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
+  redis.call('EXPIRE', P .. 'msg:' .. id, ACKED_TTL)
+end
+
+-- move in-flight ids of one agent back to the front, oldest delivery first in line
+local function requeue_ids(agent, ids)
+  for i = #ids, 1, -1 do
+    local id = ids[i]
+    redis.call('ZREM', P .. 'inflight:' .. agent, id)
+    redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
+    local prio = redis.call('HGET', P .. 'msg:' .. id, 'priority')
+    if prio then push(agent, id, prio, true) end
+  end
+  return #ids
+end
+
+local function requeue_due(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'inflight_due', '-inf', now, 'LIMIT', 0, limit)
+  local by_agent = {}
+  local order = {}
+  for _, member in ipairs(due) do
+    local sep = string.find(member, '|', 1, true)
+    local agent = string.sub(member, 1, sep - 1)
+    local id = string.sub(member, sep + 1)
+    if not by_agent[agent] then by_agent[agent] = {}; order[#order + 1] = agent end
+    table.insert(by_agent[agent], id)
+  end
+  for _, agent in ipairs(order) do requeue_ids(agent, by_agent[agent]) end
+  return #due
+end
+
+-- ARGV: now, max_inbox, maxlen, sender_id, msg (json fields, with id/to/priority), target
+-- target = agent id, or '*' for every agent that is not stopped (except the sender)
+if OP == 'send' then
+  local max_inbox = tonumber(ARGV[4])
+  local maxlen = ARGV[5]
+  local sender = ARGV[6]
+  local msg = cjson.decode(ARGV[7])
+  local target = ARGV[8]
+  local targets = {}
+  if target == '*' then
+    for _, aid in ipairs(redis.call('ZRANGE', P .. 'agents', 0, -1)) do
+      local a = redis.call('HMGET', P .. 'agent:' .. aid, 'state', 'name')
+      if aid ~= sender and a[1] and a[1] ~= 'stopped' then
+        targets[#targets + 1] = {aid, a[2]}
+      end
+    end
+  else
+    local name = redis.call('HGET', P .. 'agent:' .. target, 'name')
+    if not name then return fail('not_found', 'the recipient agent no longer exists') end
+    targets[1] = {target, name}
+  end
+  for _, t in ipairs(targets) do
+    if inbox_size(t[1]) >= max_inbox then
+      return fail('invalid', 'the inbox of ' .. t[2] .. ' is full (' .. max_inbox ..
+        ' pending messages); nothing was sent')
+    end
+  end
+  local ids = {}
+  local base = msg['id']
+  for _, t in ipairs(targets) do
+    local copy = {}
+    for k, v in pairs(msg) do copy[k] = v end
+    if target == '*' then copy['id'] = base .. '.' .. t[2] end
+    hset_table(P .. 'msg:' .. copy['id'], copy)
+    push(t[1], copy['id'], copy['priority'], false)
+    ids[#ids + 1] = copy['id']
+  end
+  event('message.sent', cjson.encode({id = base, from = msg['from'], to = msg['to'],
+    kind = msg['kind'], priority = msg['priority'], task_id = msg['task_id'],
+    copies = #ids}), maxlen)
+  return ids
+end
+
+-- ARGV: now, agent, session, max, redelivery_ms, ack_previous, maxlen
+if OP == 'receive' then
+  local now = tonumber(ARGV[3])
+  local agent = ARGV[4]
+  local session = ARGV[5]
+  local max = tonumber(ARGV[6])
+  local redeliver_ms = tonumber(ARGV[7])
+  local ack_previous = ARGV[8] == '1'
+  local maxlen = ARGV[9]
+  local akey = P .. 'agent:' .. agent
+  local a = redis.call('HMGET', akey, 'name', 'session', 'state')
+  if not a[1] then return fail('not_found', 'this agent is no longer registered') end
+  if session ~= '' and a[2] and a[2] ~= session then
+    return fail('conflict', 'a newer session of ' .. a[1] .. ' took over its mailbox; ' ..
+      'this session no longer receives')
+  end
+  requeue_due(now, 100)
+  if ack_previous then
+    for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
+      forget(agent, id)
+    end
+  end
+  local out = {}
+  for _, pr in ipairs(PRIOS) do
+    while #out < max do
+      local id = redis.call('LPOP', inbox(agent, pr))
+      if not id then break end
+      local mkey = P .. 'msg:' .. id
+      if redis.call('EXISTS', mkey) == 1 then
+        redis.call('HINCRBY', mkey, 'delivery_count', 1)
+        redis.call('ZADD', P .. 'inflight:' .. agent, now, id)
+        redis.call('ZADD', P .. 'inflight_due', now + redeliver_ms, agent .. '|' .. id)
+        local fields = redis.call('HGETALL', mkey)
+        out[#out + 1] = fields
+        local m = redis.call('HMGET', mkey, 'kind', 'task_id', 'attempt')
+        if m[1] == 'task' and m[2] then
+          local tkey = P .. 'task:' .. m[2]
+          local t = redis.call('HMGET', tkey, 'state', 'assigned_to', 'attempt', 'seq')
+          if t[1] == 'assigned' and t[2] == agent and (not m[3] or m[3] == t[3]) then
+            redis.call('HSET', tkey, 'state', 'running', 'started_at', now, 'updated_at', now)
+            redis.call('ZREM', P .. 'tasks:state:assigned', m[2])
+            redis.call('ZADD', P .. 'tasks:state:running', t[4], m[2])
+            redis.call('HSET', akey, 'current_task', m[2], 'state', 'working')
+            event('task.started', cjson.encode({task_id = m[2], agent = a[1]}), maxlen)
+          end
+        end
+      end
+    end
+  end
+  if inbox_size(agent) == 0 then redis.call('DEL', P .. 'bell:' .. agent) end
+  redis.call('HSET', akey, 'last_seen', now)
+  if a[3] == 'starting' then redis.call('HSET', akey, 'state', 'idle') end
+  return out
+end
+
+-- ARGV: now, agent, id...
+if OP == 'ack' then
+  local agent = ARGV[4]
+  local n = 0
+  for i = 5, #ARGV do
+    if redis.call('ZSCORE', P .. 'inflight:' .. agent, ARGV[i]) then
+      forget(agent, ARGV[i]); n = n + 1
+    end
+  end
+  return n
+end
+
+-- ARGV: now, agent
+if OP == 'requeue' then
+  local agent = ARGV[4]
+  return requeue_ids(agent, redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1))
+end
+
+-- ARGV: now, agent, task_id or '', maxlen
+if OP == 'claim' then
+  local now = ARGV[3]
+  local agent = ARGV[4]
+  local task_id = ARGV[5]
+  local maxlen = ARGV[6]
+  local akey = P .. 'agent:' .. agent
+  local name = redis.call('HGET', akey, 'name')
+  if not name then return fail('not_found', 'this agent is no longer registered') end
+  if task_id == '' then
+    local oldest = redis.call('ZRANGE', P .. 'tasks:state:pending', 0, 0)
+    if #oldest == 0 then return fail('not_found', 'the backlog is empty; nothing to claim') end
+    task_id = oldest[1]
+  end
+  local tkey = P .. 'task:' .. task_id
+  local t = redis.call('HMGET', tkey, 'state', 'seq', 'assigned_to')
+  if not t[1] then return fail('not_found', 'no task ' .. task_id) end
+  if t[1] ~= 'pending' then
+    return fail('conflict', 'task ' .. task_id .. ' is ' .. t[1] .. ', not in the backlog')
+  end
+  local attempt = redis.call('HINCRBY', tkey, 'attempt', 1)
+  redis.call('HSET', tkey, 'state', 'running', 'assigned_to', agent, 'started_at', now,
+    'updated_at', now)
+  redis.call('ZREM', P .. 'tasks:state:pending', task_id)
+  redis.call('ZADD', P .. 'tasks:state:running', t[2], task_id)
+  redis.call('ZADD', P .. 'tasks:agent:' .. agent, t[2], task_id)
+  redis.call('HSET', akey, 'current_task', task_id, 'state', 'working', 'last_seen', now)
+  event('task.claimed', cjson.encode({task_id = task_id, agent = name, attempt = attempt}), maxlen)
+  return task_id
+end
+
+-- ARGV: now, plan (json)
+-- plan = {guards = {{key, field, any = {values; '' = absent}}}, max_inbox, maxlen,
+--         hset = {{key, fields}}, hdel = {{key, fields}}, hincr = {{key, field, by}},
+--         zadd = {{key, score, member}}, zrem = {{key, member}}, del = {key},
+--         send = {{agent, fields}}, events = {{type, data}}, conflict = sentence}
+if OP == 'apply' then
+  local plan = cjson.decode(ARGV[4])
+  for _, g in ipairs(plan.guards or {}) do
+    local v = redis.call('HGET', P .. g[1], g[2]) or ''
+    local ok = false
+    for _, want in ipairs(g[3]) do if v == want then ok = true end end
+    if not ok then return fail(g[4] or 'conflict', g[5] or plan.conflict or 'changed meanwhile') end
+  end
+  for _, s in ipairs(plan.send or {}) do
+    if inbox_size(s[1]) >= plan.max_inbox then
+      return fail('invalid', 'the inbox of ' .. s[3] .. ' is full; nothing was changed')
+    end
+  end
+  for _, h in ipairs(plan.hset or {}) do hset_table(P .. h[1], h[2]) end
+  for _, h in ipairs(plan.hdel or {}) do
+    if #h[2] > 0 then redis.call('HDEL', P .. h[1], unpack(h[2])) end
+  end
+  for _, h in ipairs(plan.hincr or {}) do redis.call('HINCRBY', P .. h[1], h[2], h[3]) end
+  for _, z in ipairs(plan.zrem or {}) do redis.call('ZREM', P .. z[1], z[2]) end
+  for _, z in ipairs(plan.zadd or {}) do redis.call('ZADD', P .. z[1], z[2], z[3]) end
+  for _, k in ipairs(plan.del or {}) do redis.call('DEL', P .. k) end
+  for _, s in ipairs(plan.send or {}) do
+    hset_table(P .. 'msg:' .. s[2].id, s[2])
+    push(s[1], s[2].id, s[2].priority, false)
+  end
+  for _, e in ipairs(plan.events or {}) do event(e[1], e[2], plan.maxlen) end
+  return 1
+end
+
+return fail('invalid', 'unknown script operation ' .. tostring(OP))
+"""

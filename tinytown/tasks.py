@@ -1,0 +1,425 @@
+"""Tasks: creation, assignment, the backlog, and the state machine of SPEC 4.
+
+:class:`TaskOps` is part of :class:`tinytown.town.Town` (a mixin, so there is one service
+object).  Every change reads the task, validates in Python (legal move, caller, attempt,
+sizes), then writes with a guarded :class:`~tinytown.channel.Plan`: if the task changed
+between the read and the write, the guard fails and the whole step is read and checked
+again.  A late report from a previous assignee is a ``conflict``; a stranger's is
+``forbidden``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tinytown.channel import Plan
+from tinytown.errors import Conflict, Forbidden, Invalid, NotFound, wrap_redis_errors
+from tinytown.models import (
+    BROADCAST,
+    CONDUCTOR,
+    TASK_MOVES,
+    Agent,
+    AgentState,
+    Message,
+    MessageKind,
+    Priority,
+    Task,
+    TaskPage,
+    TaskState,
+    normalise_agent_name,
+    now_ms,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from tinytown.channel import Channel
+    from tinytown.config import TownConfig
+    from tinytown.keys import Keys
+
+E = TypeVar("E", bound=Enum)
+T = TypeVar("T")
+
+MAX_TAGS = 20
+MAX_TAG_LEN = 64
+MAX_PAGE = 500
+
+NOTICE_KIND = {
+    TaskState.COMPLETED: MessageKind.TASK_DONE,
+    TaskState.FAILED: MessageKind.TASK_FAILED,
+    TaskState.CANCELLED: MessageKind.TASK_CANCELLED,
+}
+
+
+def parse_enum(enum: type[E], value: Any, what: str) -> E:
+    """``enum(value)``, or :class:`Invalid` listing the allowed values."""
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum)
+        raise Invalid(f"{what} must be one of {choices}, not {value!r}") from None
+
+
+def check_size(text: str, limit: int, what: str) -> None:
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise Invalid(f"{what} is {size} bytes; the limit is {limit} bytes. Shorten it.")
+
+
+class TaskOps:
+    """The task half of :class:`~tinytown.town.Town`."""
+
+    if TYPE_CHECKING:
+        redis: Redis
+        keys: Keys
+        channel: Channel
+        config: TownConfig
+
+        async def get_agent(self, name: str) -> Agent: ...
+        async def _agent_by_id(self, agent_id: str) -> Agent: ...
+        def _k(self, key: str) -> str: ...
+        async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T: ...
+
+    # ----------------------------------------------------------------- reading
+
+    async def _read_task(self, task_id: str) -> tuple[Task, int]:
+        async with wrap_redis_errors():
+            data = await self.redis.hgetall(self.keys.task(task_id))
+        if not data:
+            raise NotFound(f"no task {task_id!r}; `list_tasks` / `tt tasks` show the task ids")
+        return Task.from_redis(data), int(data.get("seq", 0))
+
+    async def get_task(self, task_id: str) -> Task:
+        """One task by id.
+
+        Raises:
+            NotFound: no such task.
+        """
+        return (await self._read_task(task_id))[0]
+
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        oldest_first: bool = False,
+    ) -> TaskPage:
+        """A page of tasks, newest first (``oldest_first`` for backlog order), served by an
+        index: by agent, else by state, else all.  Pass ``next_cursor`` back for the next page.
+
+        Raises:
+            Invalid: a bad state, limit or cursor.
+        """
+        wanted = parse_enum(TaskState, state, "state") if state is not None else None
+        if not 1 <= limit <= MAX_PAGE:
+            raise Invalid(f"limit must be between 1 and {MAX_PAGE}")
+        agent_id: str | None = None
+        if agent is not None:
+            agent_id = (await self.get_agent(agent)).id
+            key = self.keys.tasks_of_agent(agent_id)
+        elif wanted is not None:
+            key = self.keys.tasks_in_state(wanted)
+        else:
+            key = self.keys.tasks
+        try:
+            bound = int(cursor) if cursor else None
+        except ValueError:
+            raise Invalid(f"cursor {cursor!r} is not one this listing returned") from None
+        tasks: list[Task] = []
+        more = True
+        while more and len(tasks) < limit:
+            async with wrap_redis_errors():
+                if oldest_first:
+                    lo = f"({bound}" if bound is not None else "-inf"
+                    rows = await self.redis.zrange(key, lo, "+inf", byscore=True, offset=0,
+                                                   num=limit, withscores=True)
+                else:
+                    hi = f"({bound}" if bound is not None else "+inf"
+                    rows = await self.redis.zrange(key, hi, "-inf", byscore=True, desc=True,
+                                                   offset=0, num=limit, withscores=True)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for task_id, _score in rows:
+                        pipe.hgetall(self.keys.task(task_id))
+                    datas = await pipe.execute()
+            more = len(rows) == limit
+            for (_task_id, score), data in zip(rows, datas, strict=True):
+                if len(tasks) >= limit:
+                    more = True
+                    break
+                bound = int(score)
+                if not data:
+                    continue
+                task = Task.from_redis(data)
+                if agent_id is not None and task.assigned_to != agent_id:
+                    continue
+                if wanted is not None and task.state != wanted:
+                    continue
+                tasks.append(task)
+        return TaskPage(tasks=tasks, next_cursor=str(bound) if more and bound is not None else None)
+
+    # ----------------------------------------------------------------- creating
+
+    async def assign(
+        self,
+        description: str,
+        *,
+        agent: str | None = None,
+        by: str = CONDUCTOR,
+        tags: Sequence[str] | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        parent_id: str | None = None,
+    ) -> Task:
+        """Create a task.  With ``agent`` it is ``assigned`` and the agent gets a ``task``
+        message (at the task's priority) carrying the task id; without, it waits in the
+        backlog (``pending``) for :meth:`claim`.
+
+        Raises:
+            Invalid: empty or oversized description, bad tags or priority, a full inbox.
+            NotFound: unknown agent, creator or parent task.
+        """
+        priority = parse_enum(Priority, priority, "priority")
+        if not description.strip():
+            raise Invalid("the task description is empty; say what should be done")
+        check_size(description, self.config.limits.max_description_bytes, "the task description")
+        tag_list = [str(t) for t in (tags or [])]
+        if len(tag_list) > MAX_TAGS or any(not t or len(t) > MAX_TAG_LEN for t in tag_list):
+            raise Invalid(f"tags: at most {MAX_TAGS}, each 1-{MAX_TAG_LEN} characters")
+        creator = await self.get_agent(by)
+        assignee = None
+        if agent is not None:
+            if normalise_agent_name(agent) == BROADCAST:
+                raise Invalid("a task goes to one agent, not 'all'; leave the agent out for the backlog")
+            assignee = await self.get_agent(agent)
+        if parent_id is not None:
+            await self.get_task(parent_id)
+        async with wrap_redis_errors():
+            seq = int(await self.redis.incr(self.keys.seq))
+        task = Task(
+            id=str(uuid.uuid4()), description=description, created_by=creator.name,
+            tags=tag_list, parent_id=parent_id, priority=priority,
+        )
+        plan = Plan()
+        task_key = self._k(self.keys.task(task.id))
+        plan.hset.append([task_key, {**task.to_redis(), "seq": str(seq)}])
+        plan.zadd.append([self._k(self.keys.tasks), seq, task.id])
+        plan.event("task.created", task_id=task.id, by=creator.name, priority=priority.value)
+        if assignee is None:
+            plan.zadd.append([self._k(self.keys.backlog), seq, task.id])
+        else:
+            task = self._assign_into(plan, task, seq, assignee, creator.name)
+        await self.channel.apply(plan)
+        return task
+
+    def _assign_into(self, plan: Plan, task: Task, seq: int, agent: Agent, sender: str) -> Task:
+        """Add to ``plan`` the writes that give ``task`` to ``agent`` (a new attempt)."""
+        now = now_ms()
+        task = task.model_copy(update={
+            "state": TaskState.ASSIGNED, "assigned_to": agent.id, "attempt": task.attempt + 1,
+            "updated_at": now, "started_at": None,
+        })
+        task_key = self._k(self.keys.task(task.id))
+        plan.guard(self._k(self.keys.agent(agent.id)), "name", [agent.name], "not_found",
+                   f"agent {agent.name} was removed")
+        plan.hset.append([task_key, {"state": task.state.value, "assigned_to": agent.id,
+                                     "attempt": str(task.attempt), "updated_at": str(now)}])
+        plan.hdel.append([task_key, ["started_at"]])
+        plan.zadd.append([self._k(self.keys.tasks_in_state(TaskState.ASSIGNED)), seq, task.id])
+        plan.zadd.append([self._k(self.keys.tasks_of_agent(agent.id)), seq, task.id])
+        message = Message(
+            id=str(uuid.uuid4()), sender=sender, to=agent.name, kind=MessageKind.TASK,
+            body=task.description, priority=task.priority, task_id=task.id,
+        )
+        plan.send.append([agent.id, {**message.to_redis(), "attempt": str(task.attempt)}, agent.name])
+        plan.event("task.assigned", task_id=task.id, agent=agent.name, attempt=task.attempt)
+        plan.event("message.sent", id=message.id, to=agent.name, kind="task", task_id=task.id)
+        return task
+
+    async def claim(self, agent: str, task_id: str | None = None) -> Task:
+        """Take a backlog task (``task_id``, or the oldest) for ``agent``; it is ``running``.
+
+        Atomic: with many claimers at once each task goes to exactly one of them.
+
+        Raises:
+            NotFound: the backlog is empty, or no such task.
+            Conflict: the task is not in the backlog (anymore).
+        """
+        claimer = await self.get_agent(agent)
+        claimed = await self.channel.claim(claimer.id, task_id)
+        return await self.get_task(claimed)
+
+    # ----------------------------------------------------------------- finishing
+
+    async def complete_task(
+        self, task_id: str, result: str, *, by: str, attempt: int | None = None
+    ) -> Task:
+        """Mark a task ``completed`` with ``result``; the creator gets a ``task_done`` message.
+
+        Raises:
+            Forbidden: ``by`` is neither the assignee nor the conductor.
+            Conflict: the task is not assigned/running, or ``attempt`` is not the current one
+                (a late report from a previous assignee).
+            Invalid: result over the limit.
+        """
+        check_size(result, self.config.limits.max_result_bytes, "the result")
+        return await self._finish(task_id, TaskState.COMPLETED, result, by, attempt)
+
+    async def fail_task(self, task_id: str, error: str, *, by: str, attempt: int | None = None) -> Task:
+        """Mark a task ``failed`` with ``error``; the creator gets a ``task_failed`` message."""
+        check_size(error, self.config.limits.max_result_bytes, "the error")
+        return await self._finish(task_id, TaskState.FAILED, error, by, attempt)
+
+    async def cancel_task(self, task_id: str, reason: str | None = None, *, by: str) -> Task:
+        """Cancel a task that is not finished; its creator and assignee are told.
+
+        The conductor, the creator and the assignee may cancel.
+        """
+        check_size(reason or "", self.config.limits.max_result_bytes, "the reason")
+        return await self._finish(task_id, TaskState.CANCELLED, reason, by, None)
+
+    async def _finish(
+        self, task_id: str, target: TaskState, text: str | None, by: str, attempt: int | None
+    ) -> Task:
+        caller = await self.get_agent(by)
+
+        async def once() -> Task:
+            task, seq = await self._read_task(task_id)
+            await self._authorise(task, caller, target)
+            if target not in TASK_MOVES[task.state]:
+                raise Conflict(
+                    f"task {task.id} is {task.state.value}; it cannot become {target.value}"
+                )
+            if attempt is not None and attempt != task.attempt:
+                raise Conflict(
+                    f"task {task.id} is on attempt {task.attempt}; this report is for attempt "
+                    f"{attempt} and was not recorded"
+                )
+            now = now_ms()
+            plan = Plan()
+            task_key = self._k(self.keys.task(task.id))
+            plan.guard(task_key, "state", [task.state.value], "retry", "task changed")
+            plan.guard(task_key, "attempt", [str(task.attempt)], "retry", "task changed")
+            fields: dict[str, Any] = {"state": target.value, "updated_at": now, "completed_at": now}
+            if text is not None:
+                fields["error" if target != TaskState.COMPLETED else "result"] = text
+            plan.hset.append([task_key, {k: str(v) for k, v in fields.items()}])
+            plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])
+            plan.zrem.append([self._k(self.keys.backlog), task.id])
+            plan.zadd.append([self._k(self.keys.tasks_in_state(target)), seq, task.id])
+            updated = task.model_copy(update=fields)
+            notify: dict[str, Agent] = {}
+            creator = await self._maybe_agent(task.created_by)
+            if creator is not None:
+                notify[creator.id] = creator
+            if task.assigned_to:
+                assignee = await self._maybe_agent_id(task.assigned_to)
+                if assignee is not None:
+                    notify[assignee.id] = assignee
+                    self._release(plan, assignee, task, completed=target == TaskState.COMPLETED)
+            notify.pop(caller.id, None)
+            kind = NOTICE_KIND[target]
+            body = text or f"task {task.id} was {target.value} by {caller.name}"
+            for agent in notify.values():
+                msg = Message(id=str(uuid.uuid4()), sender=caller.name, to=agent.name, kind=kind,
+                              body=body, priority=task.priority, task_id=task.id)
+                plan.send.append([agent.id, msg.to_redis(), agent.name])
+            plan.event(f"task.{target.value}", task_id=task.id, by=caller.name, attempt=task.attempt)
+            await self.channel.apply(plan)
+            return updated
+
+        return await self._retrying(once)
+
+    def _release(self, plan: Plan, agent: Agent, task: Task, *, completed: bool) -> None:
+        """The agent is no longer on ``task``: clear ``current_task``, count a completion."""
+        agent_key = self._k(self.keys.agent(agent.id))
+        if completed:
+            plan.hincr.append([agent_key, "tasks_completed", 1])
+        if agent.current_task == task.id:
+            plan.guard(agent_key, "current_task", [task.id], "retry", "agent changed")
+            plan.hdel.append([agent_key, ["current_task"]])
+            if agent.state == AgentState.WORKING:
+                plan.hset.append([agent_key, {"state": AgentState.IDLE.value}])
+
+    async def _authorise(self, task: Task, caller: Agent, target: TaskState) -> None:
+        if caller.name == CONDUCTOR or task.assigned_to == caller.id:
+            return
+        if target == TaskState.CANCELLED and task.created_by == caller.name:
+            return
+        async with wrap_redis_errors():
+            had_it = await self.redis.zscore(self.keys.tasks_of_agent(caller.id), task.id)
+        if had_it is not None:
+            raise Conflict(
+                f"task {task.id} was reassigned (attempt {task.attempt}); your report is late "
+                "and was not recorded"
+            )
+        owner = "nobody (it is in the backlog; claim it first)"
+        if task.assigned_to:
+            holder = await self._maybe_agent_id(task.assigned_to)
+            owner = holder.name if holder else "an agent that is gone"
+        raise Forbidden(
+            f"task {task.id} is assigned to {owner}, not to {caller.name}; only its assignee "
+            "or the conductor can finish it"
+        )
+
+    async def _maybe_agent(self, name: str) -> Agent | None:
+        try:
+            return await self.get_agent(name)
+        except NotFound:
+            return None
+
+    async def _maybe_agent_id(self, agent_id: str) -> Agent | None:
+        try:
+            return await self._agent_by_id(agent_id)
+        except NotFound:
+            return None
+
+    # ----------------------------------------------------------------- reclaiming
+
+    async def reclaim_tasks(self, agent: str, to: str | None = None) -> list[Task]:
+        """Take an agent's unfinished tasks back: to the backlog, or to agent ``to``.
+
+        Used by ``recover`` for dead agents.  Each reassignment is a new attempt, so a late
+        report from the dead agent is refused.
+        """
+        holder = await self.get_agent(agent)
+        target = await self.get_agent(to) if to is not None else None
+        page = await self.list_tasks(agent=holder.name, limit=MAX_PAGE)
+        moved: list[Task] = []
+        for listed in page.tasks:
+            if listed.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
+                continue
+
+            async def once(task_id: str = listed.id) -> Task | None:
+                task, seq = await self._read_task(task_id)
+                if task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
+                    return None
+                if task.assigned_to != holder.id:
+                    return None
+                plan = Plan()
+                task_key = self._k(self.keys.task(task.id))
+                plan.guard(task_key, "state", [task.state.value], "retry", "task changed")
+                plan.guard(task_key, "attempt", [str(task.attempt)], "retry", "task changed")
+                plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])
+                current = await self._agent_by_id(holder.id)
+                self._release(plan, current, task, completed=False)
+                if target is None:
+                    now = now_ms()
+                    plan.hset.append([task_key, {"state": TaskState.PENDING.value, "updated_at": str(now)}])
+                    plan.hdel.append([task_key, ["assigned_to", "started_at"]])
+                    plan.zadd.append([self._k(self.keys.backlog), seq, task.id])
+                    plan.event("task.reclaimed", task_id=task.id, agent=holder.name)
+                    result = task.model_copy(update={"state": TaskState.PENDING, "assigned_to": None,
+                                                     "started_at": None, "updated_at": now})
+                else:
+                    result = self._assign_into(plan, task, seq, target, CONDUCTOR)
+                await self.channel.apply(plan)
+                return result
+
+            done = await self._retrying(once)
+            if done is not None:
+                moved.append(done)
+        return moved

@@ -1,0 +1,475 @@
+"""The Town: the one service layer.  The CLI and the MCP server are thin faces over it.
+
+A :class:`Town` owns a Redis connection (injected, so tests pass fakeredis or a real
+server) and knows how every operation works: agents (this module), messages (this module,
+over the :class:`~tinytown.channel.Channel`) and tasks (:mod:`tinytown.tasks`).
+
+Callers identify themselves by agent *name* (``by=`` / ``agent=``); authorisation is
+enforced here, so every face gets the same rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from tinytown.channel import Channel, Plan, ProgressCallback, Received
+from tinytown.config import TownConfig, TownPaths, find_town_root, load_config, mask_url
+from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
+from tinytown.keys import Keys
+from tinytown.models import (
+    AGENT_NAME_RE,
+    BROADCAST,
+    CONDUCTOR,
+    RESERVED_NAMES,
+    Agent,
+    AgentState,
+    Event,
+    InboxCounts,
+    Message,
+    MessageKind,
+    Priority,
+    TaskState,
+    normalise_agent_name,
+    now_ms,
+)
+from tinytown.tasks import TaskOps, check_size, parse_enum
+
+MAX_RECEIVE_TIMEOUT_S = 300.0
+MAX_BATCH = 100
+RETRIES = 8
+
+
+class AgentView(BaseModel):
+    """An agent as status shows it: the record plus its mailbox and staleness."""
+
+    agent: Agent
+    inbox: InboxCounts
+    stale: bool
+
+
+class TownStatus(BaseModel):
+    town: str
+    root: str | None
+    redis: str
+    agents: list[AgentView]
+    tasks: dict[str, int]
+
+
+class SendReceipt(BaseModel):
+    """What ``send`` stored: the message and the id of each copy (one per recipient)."""
+
+    message: Message
+    copies: list[str]
+
+
+class Town(TaskOps):
+    """One town: its config, its Redis, and every operation on its agents, messages, tasks."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        config: TownConfig,
+        paths: TownPaths | None = None,
+        *,
+        redis_display: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.config = config
+        self.paths = paths
+        self.keys = Keys(config.name)
+        self.channel = Channel(redis, self.keys, max_inbox=config.limits.max_inbox)
+        self.redis_display = redis_display or mask_url(config.redis.url) or "(injected client)"
+        self._owns_redis = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(cls, town: str | Path | None = None, *, start_redis: bool = True) -> Town:
+        """Find the town, load its config, start its managed Redis if needed, connect.
+
+        Raises:
+            NotFound: no town there.
+            Invalid: a bad ``tinytown.toml``.
+            Unavailable: Redis cannot be reached or started.
+        """
+        from tinytown.connect import connect_redis
+
+        paths = TownPaths(find_town_root(town))
+        config = load_config(paths)
+        redis, display = await connect_redis(config, paths, start=start_redis)
+        self = cls(redis, config, paths, redis_display=display)
+        self._owns_redis = True
+        try:
+            await self.ensure_conductor()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def root(self) -> Path | None:
+        return self.paths.root if self.paths else None
+
+    async def ensure_conductor(self) -> Agent:
+        """The human's mailbox always exists."""
+        return await self.register_agent(CONDUCTOR, state=AgentState.IDLE, exist_ok=True)
+
+    # ----------------------------------------------------------------- agents
+
+    async def _agent_id(self, name: str) -> str:
+        key = normalise_agent_name(name)
+        async with wrap_redis_errors():
+            agent_id = await self.redis.hget(self.keys.agent_names, key)
+        if agent_id is None:
+            raise NotFound(f"no agent named {name!r} in town {self.name}; `tt list` shows the agents")
+        return str(agent_id)
+
+    async def _agent_by_id(self, agent_id: str) -> Agent:
+        async with wrap_redis_errors():
+            data = await self.redis.hgetall(self.keys.agent(agent_id))
+        if not data:
+            raise NotFound(f"agent {agent_id} is no longer registered")
+        return Agent.from_redis(data)
+
+    async def get_agent(self, name: str) -> Agent:
+        """The agent record by name (``supervisor`` means ``conductor``).
+
+        Raises:
+            NotFound: no such agent.
+        """
+        return await self._agent_by_id(await self._agent_id(name))
+
+    async def list_agents(self, state: AgentState | str | None = None) -> list[Agent]:
+        """Every agent in creation order (the conductor first), optionally of one state."""
+        wanted = parse_enum(AgentState, state, "state") if state is not None else None
+        async with wrap_redis_errors():
+            ids = await self.redis.zrange(self.keys.agents, 0, -1)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for agent_id in ids:
+                    pipe.hgetall(self.keys.agent(agent_id))
+                rows = await pipe.execute()
+        agents = [Agent.from_redis(row) for row in rows if row]
+        return [a for a in agents if wanted is None or a.state == wanted]
+
+    def validate_agent_name(self, name: str) -> str:
+        """Return the normalised name, or raise :class:`Invalid` saying what is allowed."""
+        lowered = name.strip().lower()
+        if not AGENT_NAME_RE.match(lowered):
+            raise Invalid(
+                f"agent name {name!r} is not allowed: use 1-32 characters a-z, 0-9, '_' or '-', "
+                "starting with a letter"
+            )
+        if lowered in RESERVED_NAMES:
+            raise Invalid(f"{lowered!r} is a reserved name; pick another")
+        return lowered
+
+    async def register_agent(
+        self,
+        name: str,
+        *,
+        cli: str | None = None,
+        role: str | None = None,
+        nickname: str | None = None,
+        state: AgentState = AgentState.IDLE,
+        max_rounds: int | None = None,
+        exist_ok: bool = False,
+    ) -> Agent:
+        """Register an agent without starting any process (attach, or before a spawn).
+
+        Raises:
+            Invalid: a bad or reserved name, or the town is at ``max_agents``.
+            Conflict: the name is taken (unless ``exist_ok``, which returns the existing one).
+        """
+        key = CONDUCTOR if name == CONDUCTOR else self.validate_agent_name(name)
+        if exist_ok:
+            try:
+                return await self.get_agent(key)
+            except NotFound:
+                pass
+        async with wrap_redis_errors():
+            count = await self.redis.zcard(self.keys.agents)
+            if key != CONDUCTOR and count >= self.config.max_agents + 1:
+                raise Invalid(
+                    f"town {self.name} has {self.config.max_agents} agents, its max_agents; "
+                    "prune stopped agents or raise max_agents in tinytown.toml"
+                )
+            seq = await self.redis.incr(self.keys.seq)
+        agent = Agent(
+            id=str(uuid.uuid4()), name=key, cli=cli, role=role, nickname=nickname, state=state,
+            max_rounds=max_rounds,
+        )
+        plan = Plan()
+        plan.guard(self._k(self.keys.agent_names), key, [""], "conflict",
+                   f"an agent named {key!r} exists already")
+        plan.hset.append([self._k(self.keys.agent(agent.id)), agent.to_redis()])
+        plan.hset.append([self._k(self.keys.agent_names), {key: agent.id}])
+        plan.zadd.append([self._k(self.keys.agents), seq, agent.id])
+        plan.event("agent.registered", agent=key, cli=cli, role=role)
+        try:
+            await self.channel.apply(plan)
+        except Conflict:
+            if exist_ok:
+                return await self.get_agent(key)
+            raise
+        return agent
+
+    async def update_agent(self, name: str, **fields: Any) -> Agent:
+        """Set fields of an agent record (``None`` deletes a field); emits a state event.
+
+        Raises:
+            NotFound: no such agent.
+        """
+        agent = await self.get_agent(name)
+        updated = agent.model_copy(update=fields)
+        Agent.model_validate(updated.model_dump())
+        plan = Plan()
+        key = self._k(self.keys.agent(agent.id))
+        plan.guard(key, "name", [agent.name], "not_found", f"agent {name} was removed")
+        plan.hset.append([key, updated.to_redis()])
+        plan.hdel.append([key, [f for f, v in fields.items() if v is None]])
+        if "state" in fields and updated.state != agent.state:
+            plan.event(f"agent.{updated.state.value}", agent=agent.name, previous=agent.state.value)
+        await self.channel.apply(plan)
+        return updated
+
+    async def heartbeat(self, name: str) -> None:
+        agent_id = await self._agent_id(name)
+        async with wrap_redis_errors():
+            await self.redis.hset(self.keys.agent(agent_id), "last_seen", str(now_ms()))
+
+    async def open_session(
+        self, name: str, *, attach: bool = True, session: str | None = None
+    ) -> tuple[Agent, str, int]:
+        """Start a session for an agent: it takes over the mailbox.
+
+        Registers a missing agent when ``attach`` (``cli = None``: a window a human opened),
+        records the new session id, and puts every message the previous session received
+        but never acknowledged back at the front of the inbox.
+
+        Returns:
+            ``(agent, session_id, requeued_count)``.
+        """
+        key = normalise_agent_name(name)
+        try:
+            agent = await self.get_agent(key)
+        except NotFound:
+            if not attach:
+                raise
+            agent = await self.register_agent(key, state=AgentState.IDLE, exist_ok=True)
+            await self._event("agent.attached", agent=agent.name)
+        session = session or uuid.uuid4().hex
+        fields: dict[str, Any] = {"session": session, "last_seen": now_ms()}
+        if agent.state in (AgentState.STOPPED, AgentState.ERROR, AgentState.STARTING):
+            fields["state"] = AgentState.IDLE
+        agent = await self.update_agent(agent.name, **fields)
+        requeued = await self.channel.requeue(agent.id)
+        return agent, session, requeued
+
+    async def delete_agent(self, name: str) -> None:
+        """Remove a stopped agent and every key it owns (``prune``).
+
+        Raises:
+            Conflict: the agent is not stopped (or is the conductor).
+        """
+        agent = await self.get_agent(name)
+        if agent.name == CONDUCTOR:
+            raise Conflict("the conductor is always present and cannot be removed")
+        if agent.state not in (AgentState.STOPPED, AgentState.ERROR):
+            raise Conflict(f"agent {agent.name} is {agent.state.value}; kill it before pruning")
+        async with wrap_redis_errors():
+            in_flight = await self.redis.zrange(self.keys.inflight(agent.id), 0, -1)
+        plan = Plan()
+        plan.guard(self._k(self.keys.agent(agent.id)), "state", [agent.state.value], "retry",
+                   "agent changed")
+        plan.delete += [self._k(k) for k in (
+            self.keys.agent(agent.id), self.keys.bell(agent.id), self.keys.inflight(agent.id),
+            self.keys.tasks_of_agent(agent.id), *self.keys.inboxes(agent.id),
+        )]
+        plan.hdel.append([self._k(self.keys.agent_names), [agent.name]])
+        plan.zrem.append([self._k(self.keys.agents), agent.id])
+        plan.zrem += [[self._k(self.keys.inflight_due), f"{agent.id}|{mid}"] for mid in in_flight]
+        plan.event("agent.pruned", agent=agent.name)
+        await self.channel.apply(plan)
+
+    # ----------------------------------------------------------------- messages
+
+    async def send(
+        self,
+        sender: str,
+        to: str,
+        body: str,
+        *,
+        kind: MessageKind | str = MessageKind.INFO,
+        priority: Priority | str = Priority.NORMAL,
+        task_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> SendReceipt:
+        """Send a message; ``to="all"`` stores a copy for every agent that is not stopped.
+
+        Raises:
+            Invalid: bad kind/priority, body over the limit, empty body, a full inbox.
+            NotFound: unknown sender, recipient, task or ``reply_to`` message.
+        """
+        kind = parse_enum(MessageKind, kind, "kind")
+        priority = parse_enum(Priority, priority, "priority")
+        if not body.strip():
+            raise Invalid("the message body is empty; say something")
+        check_size(body, self.config.limits.max_body_bytes, "the message body")
+        from_agent = await self.get_agent(sender)
+        if normalise_agent_name(to) == BROADCAST:
+            target, to_name = "*", BROADCAST
+        else:
+            recipient = await self.get_agent(to)
+            target, to_name = recipient.id, recipient.name
+        if task_id is not None:
+            await self.get_task(task_id)
+        if reply_to is not None:
+            async with wrap_redis_errors():
+                if not await self.redis.exists(self.keys.message(reply_to)):
+                    raise NotFound(f"no message {reply_to} to reply to (ids come from receive)")
+        message = Message(
+            id=str(uuid.uuid4()), sender=from_agent.name, to=to_name, kind=kind, body=body,
+            priority=priority, task_id=task_id, reply_to=reply_to,
+        )
+        copies = await self.channel.send(from_agent.id, target, message)
+        return SendReceipt(message=message, copies=copies)
+
+    async def receive(
+        self,
+        agent: str,
+        *,
+        timeout_s: float = 30.0,
+        max_messages: int = 10,
+        session: str | None = None,
+        ack_previous: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> Received:
+        """Block until messages for ``agent`` arrive (highest priority first) or time out.
+
+        Acknowledges the batch this agent received before (unless ``ack_previous`` is
+        false).  A timeout is a normal result with ``timed_out`` set.
+
+        Raises:
+            Invalid: timeout outside 0..300 s or batch outside 1..100.
+            Conflict: ``session`` is no longer the agent's live session.
+        """
+        if not 0 <= timeout_s <= MAX_RECEIVE_TIMEOUT_S:
+            raise Invalid(f"timeout_s must be between 0 and {MAX_RECEIVE_TIMEOUT_S:g} seconds")
+        if not 1 <= max_messages <= MAX_BATCH:
+            raise Invalid(f"max_messages must be between 1 and {MAX_BATCH}")
+        agent_id = await self._agent_id(agent)
+        return await self.channel.receive(
+            agent_id, timeout_s=timeout_s, max_messages=max_messages,
+            redelivery_after_s=self.config.redelivery_after_s, session=session,
+            ack_previous=ack_previous, progress=progress,
+        )
+
+    async def ack(self, agent: str, message_ids: Sequence[str]) -> int:
+        """Acknowledge messages ``agent`` received; returns how many were still in flight."""
+        return await self.channel.ack(await self._agent_id(agent), list(message_ids))
+
+    async def inbox(self, agent: str, limit: int = 50) -> list[Message]:
+        """Pending messages in receive order, without consuming them."""
+        return await self.channel.peek(await self._agent_id(agent), limit)
+
+    async def in_flight(self, agent: str) -> list[Message]:
+        """Messages the agent received and has not acknowledged."""
+        return await self.channel.in_flight(await self._agent_id(agent))
+
+    async def inbox_counts(self, agent: str) -> InboxCounts:
+        return await self.channel.counts(await self._agent_id(agent))
+
+    async def requeue_in_flight(self, agent: str) -> int:
+        """Put the agent's unacknowledged messages back at the front of its inbox."""
+        return await self.channel.requeue(await self._agent_id(agent))
+
+    # ----------------------------------------------------------------- town
+
+    async def status(self) -> TownStatus:
+        """Agents with their inbox counts and staleness, task counts by state."""
+        agents = await self.list_agents()
+        views = [
+            AgentView(
+                agent=a, inbox=await self.channel.counts(a.id),
+                stale=a.is_stale(self.config.stale_after_s),
+            )
+            for a in agents
+        ]
+        async with wrap_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for state in TaskState:
+                    pipe.zcard(self.keys.tasks_in_state(state))
+                counts = await pipe.execute()
+        return TownStatus(
+            town=self.name, root=str(self.root) if self.root else None, redis=self.redis_display,
+            agents=views, tasks={s.value: int(n) for s, n in zip(TaskState, counts, strict=True)},
+        )
+
+    async def history(self, count: int = 20) -> list[Event]:
+        return await self.channel.events(count)
+
+    async def follow(self, after: str = "$", block_s: float = 5.0) -> AsyncIterator[Event]:
+        """Yield events as they are appended (after id ``after``), forever."""
+        last = await self.channel.last_event_id() if after == "$" else after
+        while True:
+            for event in await self.channel.wait_events(last, block_s):
+                last = event.id
+                yield event
+
+    async def reset(self) -> int:
+        """Delete every key of this town (SCAN, never KEYS); the conductor is recreated."""
+        deleted = 0
+        async with wrap_redis_errors():
+            batch: list[str] = []
+            async for key in self.redis.scan_iter(match=self.keys.match_all, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += await self.redis.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += await self.redis.unlink(*batch)
+        await self.ensure_conductor()
+        return deleted
+
+    # ----------------------------------------------------------------- internals
+
+    def _k(self, key: str) -> str:
+        return key.removeprefix(self.keys.prefix)
+
+    async def _event(self, event_type: str, /, **data: Any) -> None:
+        plan = Plan()
+        plan.event(event_type, **data)
+        await self.channel.apply(plan)
+
+    async def _retrying(self, attempt: Any) -> Any:
+        """Run ``attempt()`` (read, validate, apply) again when a guard saw a stale read."""
+        for _ in range(RETRIES):
+            try:
+                return await attempt()
+            except StaleRead:
+                await anyio.lowlevel.checkpoint()
+        raise Conflict("the record kept changing while this was being written; try again")
