@@ -310,7 +310,7 @@ class TaskOps:
             plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])
             plan.zrem.append([self._k(self.keys.backlog), task.id])
             plan.zadd.append([self._k(self.keys.tasks_in_state(target)), seq, task.id])
-            updated = task.model_copy(update=fields)
+            updated = Task.model_validate({**task.model_dump(), **fields})
             notify: dict[str, Agent] = {}
             creator = await self._maybe_agent(task.created_by)
             if creator is not None:

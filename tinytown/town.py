@@ -244,8 +244,10 @@ class Town(TaskOps):
             NotFound: no such agent.
         """
         agent = await self.get_agent(name)
-        updated = agent.model_copy(update=fields)
-        Agent.model_validate(updated.model_dump())
+        try:
+            updated = Agent.model_validate({**agent.model_dump(), **fields})
+        except ValueError as exc:
+            raise Invalid(f"bad agent fields: {exc}") from None
         plan = Plan()
         key = self._k(self.keys.agent(agent.id))
         plan.guard(key, "name", [agent.name], "not_found", f"agent {name} was removed")

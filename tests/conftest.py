@@ -1,0 +1,152 @@
+"""Shared fixtures.
+
+Tiers (STYLE.md): ``town`` runs each test twice, on fakeredis (fast unit tier) and on a
+real ``redis-server`` the fixtures start in a temp dir (never the machine's shared Redis).
+``real_town`` is for what fakeredis cannot show: blocking, cancellation, persistence,
+crashes.  Each test gets its own town name, so tests never see each other's keys.
+Async test modules set ``pytestmark = pytest.mark.anyio``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from tinytown.config import TownConfig
+from tinytown.town import Town
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def start_redis_server(directory: Path, binary: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a private redis-server on a unix socket in ``directory``; wait until it answers."""
+    binary = binary or shutil.which("redis-server") or ""
+    if not binary:
+        pytest.fail("redis-server is not installed; .ci/run installs it")
+    directory.mkdir(parents=True, exist_ok=True)
+    sock = str(directory / "redis.sock")
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--dir", str(directory),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # start-up has no event to wait on: bounded readiness probe
+        if proc.poll() is not None:
+            pytest.fail(f"redis-server exited with {proc.returncode}")
+        try:
+            if SyncRedis(unix_socket_path=sock, socket_timeout=1).ping():
+                return proc, sock
+        except Exception:
+            time.sleep(0.02)
+    proc.kill()
+    pytest.fail("redis-server did not answer within 10 s")
+
+
+@pytest.fixture(scope="session")
+def redis_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for the whole session, private to this test run."""
+    directory = Path(f"/tmp/tt-test-{os.getpid()}")
+    proc, sock = start_redis_server(directory)
+    try:
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def town_name() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def _delete_town_keys(client: Redis, town_name: str) -> None:
+    pattern = f"tt:\\{{{town_name}\\}}:*"
+    keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
+    if keys:
+        await client.delete(*keys)
+
+
+@pytest.fixture
+async def real_redis(redis_socket: str, town_name: str) -> AsyncIterator[Redis]:
+    client = Redis(unix_socket_path=redis_socket, decode_responses=True, socket_timeout=None)
+    try:
+        yield client
+    finally:
+        await _delete_town_keys(client, town_name)
+        await client.aclose()
+
+
+def make_config(name: str, **overrides: object) -> TownConfig:
+    return TownConfig.model_validate({"name": name, **overrides})
+
+
+@pytest.fixture
+async def real_town(real_redis: Redis, town_name: str) -> AsyncIterator[Town]:
+    town = Town(real_redis, make_config(town_name))
+    await town.ensure_conductor()
+    yield town
+
+
+@pytest.fixture(params=["fake", "real"])
+async def town(request: pytest.FixtureRequest, redis_socket: str, town_name: str) -> AsyncIterator[Town]:
+    """The same test on fakeredis and on a real server."""
+    client: Redis
+    if request.param == "fake":
+        import fakeredis
+
+        client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    else:
+        client = Redis(unix_socket_path=redis_socket, decode_responses=True, socket_timeout=None)
+    t = Town(client, make_config(town_name))
+    await t.ensure_conductor()
+    try:
+        yield t
+    finally:
+        await _delete_town_keys(client, town_name)
+        await client.aclose()
+
+
+@pytest.fixture
+def redis_url(redis_socket: str) -> str:
+    return f"unix://{redis_socket}"
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any Tinytown or Redis settings of the caller."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TINYTOWN_", "REDIS_URL"))}
+
+
+@pytest.fixture
+def tt_env(tmp_path: Path, redis_socket: str, town_name: str) -> Iterator[dict[str, str]]:
+    """Environment for `tt` subprocesses: a fresh town dir on the session's real Redis.
+
+    The town's keys are deleted afterwards.
+    """
+    env = clean_env()
+    env["TINYTOWN_TOWN"] = str(tmp_path)
+    env["REDIS_URL"] = f"unix://{redis_socket}"
+    (tmp_path / "tinytown.toml").write_text(f'name = "{town_name}"\n')
+    yield env
+    client = SyncRedis(unix_socket_path=redis_socket, socket_timeout=5)
+    pattern = f"tt:\\{{{town_name}\\}}:*"
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -1,0 +1,116 @@
+"""The Typer app, its global options, and the edge where async Town calls run.
+
+Every command module registers on :data:`app` and calls :func:`run` with a coroutine
+function taking the open :class:`~tinytown.town.Town`.  Domain errors become one line on
+stderr and exit code 1; usage errors are Typer's exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import anyio
+import typer
+from pydantic import BaseModel
+
+from tinytown.errors import TinytownError
+
+if TYPE_CHECKING:
+    from tinytown.town import Town
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="tt",
+    help="Tinytown: coding agents that work together through Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@dataclass
+class CliState:
+    town: Path | None = None
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    town: Annotated[
+        Path | None,
+        typer.Option("--town", help="Town directory (default: $TINYTOWN_TOWN, else search upward)."),
+    ] = None,
+) -> None:
+    ctx.obj = CliState(town=town)
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, CliState) else CliState()
+
+
+def fail(error: TinytownError | str, code: int = 1) -> NoReturn:
+    """One line on stderr, no traceback, exit ``code``."""
+    typer.echo(f"tt: {error}", err=True)
+    raise typer.Exit(code)
+
+
+def run(ctx: typer.Context, fn: Callable[[Town], Awaitable[T]], *, start_redis: bool = True) -> T:
+    """Open the town, run ``fn(town)`` on an event loop, close; map errors to exit 1."""
+    from tinytown.town import Town
+
+    town_path = state(ctx).town
+
+    async def go() -> T:
+        town = await Town.open(town_path, start_redis=start_redis)
+        try:
+            return await fn(town)
+        finally:
+            await town.close()
+
+    try:
+        return anyio.run(go)
+    except TinytownError as error:
+        fail(error)
+
+
+def run_plain(fn: Callable[[], T]) -> T:
+    """Run a synchronous library call with the same error mapping as :func:`run`."""
+    try:
+        return fn()
+    except TinytownError as error:
+        fail(error)
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def identity(explicit: str | None = None) -> str:
+    """Who the human speaks as: ``--from``, else ``TINYTOWN_AGENT``, else ``conductor``."""
+    return explicit or os.environ.get("TINYTOWN_AGENT") or "conductor"

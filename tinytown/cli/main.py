@@ -1,0 +1,26 @@
+"""Entry point of ``tt``: registers every command module on the app and runs it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tinytown.cli import commands, lifecycle  # noqa: F401  (they register commands on app)
+from tinytown.cli.app import app
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("tt: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # outermost edge: one line for the user, traceback in the log
+        logging.getLogger("tinytown.cli").debug("unexpected error", exc_info=True)
+        sys.stderr.write(f"tt: unexpected error: {type(exc).__name__}: {exc}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
