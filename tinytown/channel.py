@@ -82,18 +82,19 @@ class Channel:
                 keys=[self.keys.seq], args=[op, self.keys.prefix, now_ms(), *args]
             )
 
-    async def send(self, sender_id: str, target_id: str, message: Message) -> list[str]:
-        """Enqueue ``message`` for ``target_id`` (or ``"*"``: every live agent but the sender).
+    async def send(self, sender: str, target: str, message: Message) -> list[str]:
+        """Enqueue ``message`` for agent name ``target`` (``"*"``: every live agent but the
+        sender), in one round trip.
 
         Returns the ids of the stored copies.
 
         Raises:
             Invalid: a recipient's inbox is full (nothing is stored).
-            NotFound: the recipient is gone.
+            NotFound: unknown sender or recipient, or the message's task / reply_to is gone.
         """
         data = message.to_redis()
         ids = await self._run(
-            "send", self.max_inbox, EVENTS_MAXLEN, sender_id, json.dumps(data), target_id
+            "send", self.max_inbox, EVENTS_MAXLEN, sender, json.dumps(data), target
         )
         return [str(i) for i in ids]
 

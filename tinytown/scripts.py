@@ -93,14 +93,29 @@ local function requeue_due(now, limit)
   return #due
 end
 
--- ARGV: now, max_inbox, maxlen, sender_id, msg (json fields, with id/to/priority), target
--- target = agent id, or '*' for every agent that is not stopped (except the sender)
+-- ARGV: now, max_inbox, maxlen, sender name, msg (json fields, with id/to/priority), target
+-- target = agent name, or '*' for every agent that is not stopped (except the sender).
+-- Names, the task and the replied-to message are checked here: a send is one round trip.
 if OP == 'send' then
   local max_inbox = tonumber(ARGV[4])
   local maxlen = ARGV[5]
-  local sender = ARGV[6]
+  local sender = redis.call('HGET', P .. 'agent_names', ARGV[6])
   local msg = cjson.decode(ARGV[7])
   local target = ARGV[8]
+  if not sender then return fail('not_found', 'no agent named ' .. ARGV[6] .. ' (the sender)') end
+  if target ~= '*' then
+    local tid = redis.call('HGET', P .. 'agent_names', target)
+    if not tid then
+      return fail('not_found', 'no agent named ' .. target .. '; list_agents / `tt list` show who is here')
+    end
+    target = tid
+  end
+  if msg['task_id'] and redis.call('EXISTS', P .. 'task:' .. msg['task_id']) == 0 then
+    return fail('not_found', 'no task ' .. msg['task_id'])
+  end
+  if msg['reply_to'] and redis.call('EXISTS', P .. 'msg:' .. msg['reply_to']) == 0 then
+    return fail('not_found', 'no message ' .. msg['reply_to'] .. ' to reply to (ids come from receive)')
+  end
   local targets = {}
   if target == '*' then
     for _, aid in ipairs(redis.call('ZRANGE', P .. 'agents', 0, -1)) do

@@ -341,23 +341,13 @@ class Town(TaskOps):
         if not body.strip():
             raise Invalid("the message body is empty; say something")
         check_size(body, self.config.limits.max_body_bytes, "the message body")
-        from_agent = await self.get_agent(sender)
-        if normalise_agent_name(to) == BROADCAST:
-            target, to_name = "*", BROADCAST
-        else:
-            recipient = await self.get_agent(to)
-            target, to_name = recipient.id, recipient.name
-        if task_id is not None:
-            await self.get_task(task_id)
-        if reply_to is not None:
-            async with wrap_redis_errors():
-                if not await self.redis.exists(self.keys.message(reply_to)):
-                    raise NotFound(f"no message {reply_to} to reply to (ids come from receive)")
+        sender_name = normalise_agent_name(sender)
+        to_name = normalise_agent_name(to)
         message = Message(
-            id=str(uuid.uuid4()), sender=from_agent.name, to=to_name, kind=kind, body=body,
+            id=str(uuid.uuid4()), sender=sender_name, to=to_name, kind=kind, body=body,
             priority=priority, task_id=task_id, reply_to=reply_to,
         )
-        copies = await self.channel.send(from_agent.id, target, message)
+        copies = await self.channel.send(sender_name, "*" if to_name == BROADCAST else to_name, message)
         return SendReceipt(message=message, copies=copies)
 
     async def receive(
