@@ -20,7 +20,7 @@ import anyio
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from tinytown.channel import Channel, Plan, ProgressCallback, Received
+from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config, mask_url
 from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
 from tinytown.keys import Keys
@@ -359,11 +359,13 @@ class Town(TaskOps):
         session: str | None = None,
         ack_previous: bool = True,
         progress: ProgressCallback | None = None,
+        progress_every_s: float = PROGRESS_EVERY_S,
     ) -> Received:
         """Block until messages for ``agent`` arrive (highest priority first) or time out.
 
         Acknowledges the batch this agent received before (unless ``ack_previous`` is
-        false).  A timeout is a normal result with ``timed_out`` set.
+        false).  A timeout is a normal result with ``timed_out`` set.  While waiting,
+        ``progress(elapsed_s, timeout_s)`` is awaited every ``progress_every_s``.
 
         Raises:
             Invalid: timeout outside 0..300 s or batch outside 1..100.
@@ -377,7 +379,7 @@ class Town(TaskOps):
         return await self.channel.receive(
             agent_id, timeout_s=timeout_s, max_messages=max_messages,
             redelivery_after_s=self.config.redelivery_after_s, session=session,
-            ack_previous=ack_previous, progress=progress,
+            ack_previous=ack_previous, progress=progress, progress_every_s=progress_every_s,
         )
 
     async def ack(self, agent: str, message_ids: Sequence[str]) -> int:
