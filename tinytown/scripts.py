@@ -167,12 +167,14 @@ if OP == 'receive' then
     return fail('conflict', 'a newer session of ' .. a[1] .. ' took over its mailbox; ' ..
       'this session no longer receives')
   end
-  requeue_due(now, 100)
+  -- the caller's own implicit ack first: it is alive and done with that batch, even if
+  -- the batch is overdue; only then redeliver what others left overdue
   if ack_previous then
     for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
       forget(agent, id)
     end
   end
+  requeue_due(now, 100)
   local out = {}
   for _, pr in ipairs(PRIOS) do
     while #out < max do
