@@ -175,6 +175,7 @@ if OP == 'receive' then
     end
   end
   requeue_due(now, 100)
+  local held = redis.call('ZCARD', P .. 'inflight:' .. agent)
   local out = {}
   for _, pr in ipairs(PRIOS) do
     while #out < max do
@@ -183,8 +184,12 @@ if OP == 'receive' then
       local mkey = P .. 'msg:' .. id
       if redis.call('EXISTS', mkey) == 1 then
         redis.call('HINCRBY', mkey, 'delivery_count', 1)
-        redis.call('ZADD', P .. 'inflight:' .. agent, now, id)
-        redis.call('ZADD', P .. 'inflight_due', now + redeliver_ms, agent .. '|' .. id)
+        -- the delivery position as a fraction of a ms keeps delivery order in the zsets
+        -- (equal scores sort by id, which would shuffle a requeued batch)
+        local frac = string.format('.%03d', math.min(held + #out, 999))
+        redis.call('ZADD', P .. 'inflight:' .. agent, string.format('%d', now) .. frac, id)
+        redis.call('ZADD', P .. 'inflight_due', string.format('%d', now + redeliver_ms) .. frac,
+          agent .. '|' .. id)
         local fields = redis.call('HGETALL', mkey)
         out[#out + 1] = fields
         local m = redis.call('HMGET', mkey, 'kind', 'task_id', 'attempt')
