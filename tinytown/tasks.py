@@ -331,7 +331,21 @@ class TaskOps:
             await self.channel.apply(plan)
             return updated
 
-        return await self._retrying(once)
+        finished = await self._retrying(once)
+        if finished.assigned_to:
+            await self._ack_assignment(finished.assigned_to, finished.id)
+        return finished
+
+    async def _ack_assignment(self, agent_id: str, task_id: str) -> None:
+        """Acknowledge the assignee's in-flight ``task`` message for a finished task (SPEC 3:
+        task_done/task_failed acknowledge the task they carry; a cancelled task needs no
+        delivery either), so a session that dies after reporting does not get the finished
+        task delivered again."""
+        carried = [
+            m.id for m in await self.channel.in_flight(agent_id)
+            if m.kind == MessageKind.TASK and m.task_id == task_id
+        ]
+        await self.channel.ack(agent_id, carried)
 
     def _release(self, plan: Plan, agent: Agent, task: Task, *, completed: bool) -> None:
         """The agent is no longer on ``task``: clear ``current_task``, count a completion."""
