@@ -130,27 +130,26 @@ class TaskOps:
             bound = int(cursor) if cursor else None
         except ValueError:
             raise Invalid(f"cursor {cursor!r} is not one this listing returned") from None
-        tasks: list[Task] = []
-        more = True
-        while more and len(tasks) < limit:
+        # Collect one match beyond the page: a cursor is returned only when more follow
+        # (a last page that happens to be full must not point at an empty one).
+        found: list[tuple[Task, int]] = []
+        exhausted = False
+        while not exhausted and len(found) <= limit:
             async with wrap_redis_errors():
                 if oldest_first:
                     lo = f"({bound}" if bound is not None else "-inf"
                     rows = await self.redis.zrange(key, lo, "+inf", byscore=True, offset=0,
-                                                   num=limit, withscores=True)
+                                                   num=limit + 1, withscores=True)
                 else:
                     hi = f"({bound}" if bound is not None else "+inf"
                     rows = await self.redis.zrange(key, hi, "-inf", byscore=True, desc=True,
-                                                   offset=0, num=limit, withscores=True)
+                                                   offset=0, num=limit + 1, withscores=True)
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for task_id, _score in rows:
                         pipe.hgetall(self.keys.task(task_id))
                     datas = await pipe.execute()
-            more = len(rows) == limit
+            exhausted = len(rows) <= limit
             for (_task_id, score), data in zip(rows, datas, strict=True):
-                if len(tasks) >= limit:
-                    more = True
-                    break
                 bound = int(score)
                 if not data:
                     continue
@@ -159,8 +158,12 @@ class TaskOps:
                     continue
                 if wanted is not None and task.state != wanted:
                     continue
-                tasks.append(task)
-        return TaskPage(tasks=tasks, next_cursor=str(bound) if more and bound is not None else None)
+                found.append((task, bound))
+                if len(found) > limit:
+                    break
+        page = found[:limit]
+        more = len(found) > limit
+        return TaskPage(tasks=[t for t, _ in page], next_cursor=str(page[-1][1]) if more else None)
 
     # ----------------------------------------------------------------- creating
 
