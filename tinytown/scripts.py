@@ -125,9 +125,7 @@ if OP == 'send' then
       end
     end
   else
-    local name = redis.call('HGET', P .. 'agent:' .. target, 'name')
-    if not name then return fail('not_found', 'the recipient agent no longer exists') end
-    targets[1] = {target, name}
+    targets[1] = {target, ARGV[8]}
   end
   for _, t in ipairs(targets) do
     if inbox_size(t[1]) >= max_inbox then
@@ -169,45 +167,55 @@ if OP == 'receive' then
   end
   -- the caller's own implicit ack first: it is alive and done with that batch, even if
   -- the batch is overdue; only then redeliver what others left overdue
+  local held = 0
   if ack_previous then
     for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
-      forget(agent, id)
+      redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
+      redis.call('EXPIRE', P .. 'msg:' .. id, ACKED_TTL)
     end
+    redis.call('DEL', P .. 'inflight:' .. agent)
   end
   requeue_due(now, 100)
-  local held = redis.call('ZCARD', P .. 'inflight:' .. agent)
+  if not ack_previous then held = redis.call('ZCARD', P .. 'inflight:' .. agent) end
   local out = {}
   for _, pr in ipairs(PRIOS) do
     while #out < max do
       local id = redis.call('LPOP', inbox(agent, pr))
       if not id then break end
       local mkey = P .. 'msg:' .. id
-      if redis.call('EXISTS', mkey) == 1 then
-        redis.call('HINCRBY', mkey, 'delivery_count', 1)
+      local fields = redis.call('HGETALL', mkey)
+      if #fields > 0 then
+        local m = {}
+        for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
+        local count = redis.call('HINCRBY', mkey, 'delivery_count', 1)
+        for i = 1, #fields, 2 do
+          if fields[i] == 'delivery_count' then fields[i + 1] = tostring(count) end
+        end
         -- the delivery position as a fraction of a ms keeps delivery order in the zsets
         -- (equal scores sort by id, which would shuffle a requeued batch)
         local frac = string.format('.%03d', math.min(held + #out, 999))
         redis.call('ZADD', P .. 'inflight:' .. agent, string.format('%d', now) .. frac, id)
         redis.call('ZADD', P .. 'inflight_due', string.format('%d', now + redeliver_ms) .. frac,
           agent .. '|' .. id)
-        local fields = redis.call('HGETALL', mkey)
         out[#out + 1] = fields
-        local m = redis.call('HMGET', mkey, 'kind', 'task_id', 'attempt')
-        if m[1] == 'task' and m[2] then
-          local tkey = P .. 'task:' .. m[2]
+        local task_id = m['task_id']
+        if m['kind'] == 'task' and task_id then
+          local tkey = P .. 'task:' .. task_id
           local t = redis.call('HMGET', tkey, 'state', 'assigned_to', 'attempt', 'seq')
-          if t[1] == 'assigned' and t[2] == agent and (not m[3] or m[3] == t[3]) then
+          if t[1] == 'assigned' and t[2] == agent and (not m['attempt'] or m['attempt'] == t[3]) then
             redis.call('HSET', tkey, 'state', 'running', 'started_at', now, 'updated_at', now)
-            redis.call('ZREM', P .. 'tasks:state:assigned', m[2])
-            redis.call('ZADD', P .. 'tasks:state:running', t[4], m[2])
-            redis.call('HSET', akey, 'current_task', m[2], 'state', 'working')
-            event('task.started', cjson.encode({task_id = m[2], agent = a[1]}), maxlen)
+            redis.call('ZREM', P .. 'tasks:state:assigned', task_id)
+            redis.call('ZADD', P .. 'tasks:state:running', t[4], task_id)
+            redis.call('HSET', akey, 'current_task', task_id, 'state', 'working')
+            event('task.started', cjson.encode({task_id = task_id, agent = a[1]}), maxlen)
           end
         end
       end
     end
   end
-  if inbox_size(agent) == 0 then redis.call('DEL', P .. 'bell:' .. agent) end
+  -- fewer than asked means every list is empty now: the bell has nothing to announce
+  -- (a full batch leaves it; a spurious wake costs one empty pop, never a lost message)
+  if #out < max then redis.call('DEL', P .. 'bell:' .. agent) end
   redis.call('HSET', akey, 'last_seen', now)
   if a[3] == 'starting' then redis.call('HSET', akey, 'state', 'idle') end
   return out

@@ -11,10 +11,10 @@ enforced here, so every face gets the same rules.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -41,6 +41,8 @@ from tinytown.models import (
     now_ms,
 )
 from tinytown.tasks import TaskOps, check_size, parse_enum
+
+T = TypeVar("T")
 
 MAX_RECEIVE_TIMEOUT_S = 300.0
 MAX_BATCH = 100
@@ -88,6 +90,7 @@ class Town(TaskOps):
         self.channel = Channel(redis, self.keys, max_inbox=config.limits.max_inbox)
         self.redis_display = redis_display or mask_url(config.redis.url) or "(injected client)"
         self._owns_redis = False
+        self._ids: dict[str, str] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -140,13 +143,27 @@ class Town(TaskOps):
 
     # ----------------------------------------------------------------- agents
 
-    async def _agent_id(self, name: str) -> str:
+    async def _agent_id(self, name: str, *, cached: bool = False) -> str:
+        """Resolve a name to the agent's id.  ``cached`` serves the hot receive path from
+        memory: a name keeps its id until the agent is pruned, and a stale entry is caught
+        by the Lua ("no longer registered") and dropped by :meth:`_with_agent_id`."""
         key = normalise_agent_name(name)
+        if cached and key in self._ids:
+            return self._ids[key]
         async with wrap_redis_errors():
             agent_id = await self.redis.hget(self.keys.agent_names, key)
         if agent_id is None:
             raise NotFound(f"no agent named {name!r} in town {self.name}; `tt list` shows the agents")
+        self._ids[key] = str(agent_id)
         return str(agent_id)
+
+    async def _with_agent_id(self, name: str, call: Callable[[str], Awaitable[T]]) -> T:
+        """``call(agent_id)`` with the cached id, once more with a fresh one if it was stale."""
+        try:
+            return await call(await self._agent_id(name, cached=True))
+        except NotFound:
+            self._ids.pop(normalise_agent_name(name), None)
+            return await call(await self._agent_id(name))
 
     async def _agent_by_id(self, agent_id: str) -> Agent:
         async with wrap_redis_errors():
@@ -316,6 +333,7 @@ class Town(TaskOps):
         plan.zrem += [[self._k(self.keys.inflight_due), f"{agent.id}|{mid}"] for mid in in_flight]
         plan.event("agent.pruned", agent=agent.name)
         await self.channel.apply(plan)
+        self._ids.pop(agent.name, None)
 
     # ----------------------------------------------------------------- messages
 
@@ -375,16 +393,16 @@ class Town(TaskOps):
             raise Invalid(f"timeout_s must be between 0 and {MAX_RECEIVE_TIMEOUT_S:g} seconds")
         if not 1 <= max_messages <= MAX_BATCH:
             raise Invalid(f"max_messages must be between 1 and {MAX_BATCH}")
-        agent_id = await self._agent_id(agent)
-        return await self.channel.receive(
+        return await self._with_agent_id(agent, lambda agent_id: self.channel.receive(
             agent_id, timeout_s=timeout_s, max_messages=max_messages,
             redelivery_after_s=self.config.redelivery_after_s, session=session,
             ack_previous=ack_previous, progress=progress, progress_every_s=progress_every_s,
-        )
+        ))
 
     async def ack(self, agent: str, message_ids: Sequence[str]) -> int:
         """Acknowledge messages ``agent`` received; returns how many were still in flight."""
-        return await self.channel.ack(await self._agent_id(agent), list(message_ids))
+        ids = list(message_ids)
+        return await self._with_agent_id(agent, lambda agent_id: self.channel.ack(agent_id, ids))
 
     async def inbox(self, agent: str, limit: int = 50) -> list[Message]:
         """Pending messages in receive order, without consuming them."""
