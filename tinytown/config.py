@@ -155,9 +155,11 @@ def load_config(paths: TownPaths) -> TownConfig:
     config = parse_config(data, str(paths.config))
     env_url = os.environ.get("REDIS_URL")
     if env_url:
-        config = config.model_copy(
-            update={"redis": RedisSettings(url=env_url, durability=config.redis.durability)}
-        )
+        try:
+            redis = RedisSettings(url=env_url, durability=config.redis.durability)
+        except ValidationError as exc:
+            raise Invalid(f"REDIS_URL: {_describe(exc)}") from None
+        config = config.model_copy(update={"redis": redis})
     return config
 
 
