@@ -13,6 +13,7 @@ returns at once: nothing is missed.  Cancelling the wait pops nothing from the i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
-from tinytown.errors import wrap_redis_errors
+from tinytown.errors import translate_redis_error, wrap_redis_errors
 from tinytown.keys import Keys
 from tinytown.models import PRIORITY_ORDER, Event, InboxCounts, Message, now_ms
 from tinytown.scripts import TOWN_LUA
@@ -71,16 +72,23 @@ class Channel:
         self.redis = redis
         self.keys = keys
         self.max_inbox = max_inbox
-        self._script: AsyncScript = redis.register_script(TOWN_LUA)
-
-    def _strip(self, key: str) -> str:
-        return key.removeprefix(self.keys.prefix)
+        self._sha = hashlib.sha1(TOWN_LUA.encode()).hexdigest()
 
     async def _run(self, op: str, *args: Any) -> Any:
-        async with wrap_redis_errors():
-            return await self._script(
-                keys=[self.keys.seq], args=[op, self.keys.prefix, now_ms(), *args]
-            )
+        """EVALSHA the town script (loading it on NOSCRIPT).  Called directly, without a
+        wrapper object or context manager: this is every send's and receive's path."""
+        try:
+            try:
+                return await self.redis.evalsha(
+                    self._sha, 1, self.keys.seq, op, self.keys.prefix, now_ms(), *args
+                )
+            except NoScriptError:
+                self._sha = await self.redis.script_load(TOWN_LUA)
+                return await self.redis.evalsha(
+                    self._sha, 1, self.keys.seq, op, self.keys.prefix, now_ms(), *args
+                )
+        except RedisError as exc:
+            raise translate_redis_error(exc) from exc
 
     async def send(self, sender: str, target: str, message: Message) -> list[str]:
         """Enqueue ``message`` for agent name ``target`` (``"*"``: every live agent but the
@@ -239,7 +247,8 @@ class Channel:
 
 
 def _message_from_row(row: list[str]) -> Message:
-    return Message.from_redis(dict(zip(row[::2], row[1::2], strict=True)))
+    # ``from`` is the field's alias; unknown internal fields (``attempt``) are ignored.
+    return Message.model_validate(dict(zip(row[::2], row[1::2], strict=True)))
 
 
 def _event(eid: str, fields: dict[str, str]) -> Event:

@@ -77,7 +77,8 @@ def error_from_reply(text: str) -> TinytownError:
     return cls(rest)
 
 
-def _translate(exc: redis.exceptions.RedisError) -> TinytownError:
+def translate_redis_error(exc: redis.exceptions.RedisError) -> TinytownError:
+    """The :class:`TinytownError` for a ``redis.RedisError`` (Lua replies keep their code)."""
     if isinstance(exc, redis.exceptions.ResponseError):
         text = str(exc)
         if text.split(":", 1)[0].strip() in (*ERRORS_BY_CODE, "retry"):
@@ -94,7 +95,7 @@ async def wrap_redis_errors() -> AsyncIterator[None]:
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        raise _translate(exc) from exc
+        raise translate_redis_error(exc) from exc
 
 
 @contextmanager
@@ -102,4 +103,4 @@ def wrap_redis_errors_sync() -> Iterator[None]:
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        raise _translate(exc) from exc
+        raise translate_redis_error(exc) from exc

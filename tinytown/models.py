@@ -142,6 +142,7 @@ class Agent(Record):
     pid: int | None = None
     session: str | None = None
     max_rounds: int | None = None
+    spawned_by: str | None = None
 
     def is_stale(self, stale_after_s: float, at_ms: int | None = None) -> bool:
         """Not seen for ``stale_after_s`` while claiming to be alive."""
@@ -183,8 +184,16 @@ class Message(Record):
     delivery_count: int = 0
 
     def to_redis(self) -> dict[str, str]:
-        data = super().to_redis()
-        data["from"] = data.pop("sender")
+        # Built by hand: this is on every send's path, and model_dump costs more than the hop.
+        data = {
+            "id": self.id, "from": self.sender, "to": self.to, "kind": self.kind.value,
+            "body": self.body, "priority": self.priority.value,
+            "created_at": str(self.created_at), "delivery_count": str(self.delivery_count),
+        }
+        if self.task_id is not None:
+            data["task_id"] = self.task_id
+        if self.reply_to is not None:
+            data["reply_to"] = self.reply_to
         return data
 
     @classmethod

@@ -213,6 +213,7 @@ class Town(TaskOps):
         nickname: str | None = None,
         state: AgentState = AgentState.IDLE,
         max_rounds: int | None = None,
+        spawned_by: str | None = None,
         exist_ok: bool = False,
     ) -> Agent:
         """Register an agent without starting any process (attach, or before a spawn).
@@ -237,7 +238,7 @@ class Town(TaskOps):
             seq = await self.redis.incr(self.keys.seq)
         agent = Agent(
             id=str(uuid.uuid4()), name=key, cli=cli, role=role, nickname=nickname, state=state,
-            max_rounds=max_rounds,
+            max_rounds=max_rounds, spawned_by=spawned_by,
         )
         plan = Plan()
         plan.guard(self._k(self.keys.agent_names), key, [""], "conflict",
@@ -254,11 +255,18 @@ class Town(TaskOps):
             raise
         return agent
 
-    async def update_agent(self, name: str, **fields: Any) -> Agent:
+    async def update_agent(
+        self, name: str, *, expect_state: Sequence[AgentState] | None = None, **fields: Any
+    ) -> Agent:
         """Set fields of an agent record (``None`` deletes a field); emits a state event.
+
+        Only the given fields are written, so concurrent writers of other fields (a runner
+        and ``tt pause``, a spawner recording the pid) never undo each other.  With
+        ``expect_state`` the write happens only while the agent is in one of those states.
 
         Raises:
             NotFound: no such agent.
+            Conflict: the agent is not in an ``expect_state`` state.
         """
         agent = await self.get_agent(name)
         try:
@@ -268,7 +276,13 @@ class Town(TaskOps):
         plan = Plan()
         key = self._k(self.keys.agent(agent.id))
         plan.guard(key, "name", [agent.name], "not_found", f"agent {name} was removed")
-        plan.hset.append([key, updated.to_redis()])
+        if expect_state is not None:
+            allowed = [AgentState(s).value for s in expect_state]
+            if agent.state.value not in allowed:
+                raise Conflict(f"agent {agent.name} is {agent.state.value}, not {' or '.join(allowed)}")
+            plan.guard(key, "state", allowed, "conflict",
+                       f"agent {agent.name} changed state meanwhile; not {' or '.join(allowed)}")
+        plan.hset.append([key, {k: v for k, v in updated.to_redis().items() if k in fields}])
         plan.hdel.append([key, [f for f, v in fields.items() if v is None]])
         if "state" in fields and updated.state != agent.state:
             plan.event(f"agent.{updated.state.value}", agent=agent.name, previous=agent.state.value)
@@ -361,9 +375,11 @@ class Town(TaskOps):
         check_size(body, self.config.limits.max_body_bytes, "the message body")
         sender_name = normalise_agent_name(sender)
         to_name = normalise_agent_name(to)
-        message = Message(
+        # every field is validated above, so skip a second validation pass on the hot path
+        message = Message.model_construct(
             id=str(uuid.uuid4()), sender=sender_name, to=to_name, kind=kind, body=body,
-            priority=priority, task_id=task_id, reply_to=reply_to,
+            priority=priority, task_id=task_id, reply_to=reply_to, created_at=now_ms(),
+            delivery_count=0,
         )
         copies = await self.channel.send(sender_name, "*" if to_name == BROADCAST else to_name, message)
         return SendReceipt(message=message, copies=copies)
