@@ -78,19 +78,35 @@ local function requeue_ids(agent, ids)
   return #ids
 end
 
-local function requeue_due(now, limit)
-  local due = redis.call('ZRANGEBYSCORE', P .. 'inflight_due', '-inf', now, 'LIMIT', 0, limit)
+-- redeliver overdue in-flight messages, except those of an agent seen within the
+-- redelivery window: a live runner or MCP session heartbeats while it works on them, so
+-- they are postponed until the agent has been silent for that long (it died)
+local function requeue_due(now, limit, redeliver_ms)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'inflight_due', '-inf', now, 'WITHSCORES',
+    'LIMIT', 0, limit)
   local by_agent = {}
   local order = {}
-  for _, member in ipairs(due) do
+  local seen = {}
+  for i = 1, #due, 2 do
+    local member = due[i]
     local sep = string.find(member, '|', 1, true)
     local agent = string.sub(member, 1, sep - 1)
     local id = string.sub(member, sep + 1)
-    if not by_agent[agent] then by_agent[agent] = {}; order[#order + 1] = agent end
-    table.insert(by_agent[agent], id)
+    if seen[agent] == nil then
+      seen[agent] = tonumber(redis.call('HGET', P .. 'agent:' .. agent, 'last_seen') or '0') or 0
+    end
+    if now - seen[agent] < redeliver_ms then
+      local score = tonumber(due[i + 1])
+      local frac = string.sub(string.format('%.3f', score - math.floor(score)), 2)
+      redis.call('ZADD', P .. 'inflight_due',
+        string.format('%d', seen[agent] + redeliver_ms) .. frac, member)
+    else
+      if not by_agent[agent] then by_agent[agent] = {}; order[#order + 1] = agent end
+      table.insert(by_agent[agent], id)
+    end
   end
   for _, agent in ipairs(order) do requeue_ids(agent, by_agent[agent]) end
-  return #due
+  return #due / 2
 end
 
 -- ARGV: now, max_inbox, maxlen, sender name, msg (json fields, with id/to/priority), target
@@ -175,7 +191,7 @@ if OP == 'receive' then
     end
     redis.call('DEL', P .. 'inflight:' .. agent)
   end
-  requeue_due(now, 100)
+  requeue_due(now, 100, redeliver_ms)
   if not ack_previous then held = redis.call('ZCARD', P .. 'inflight:' .. agent) end
   local out = {}
   for _, pr in ipairs(PRIOS) do
