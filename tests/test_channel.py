@@ -296,6 +296,26 @@ async def test_an_overdue_in_flight_message_is_redelivered(town: Town) -> None:
     assert [(m.body, m.delivery_count) for m in again.messages] == [("slow work", 2)]
 
 
+async def test_an_agent_that_heartbeats_keeps_its_overdue_batch_until_it_falls_silent(
+    town: Town,
+) -> None:
+    quick = _town_like(town, redelivery_after_s=0.3)
+    await _agents(quick, "bob", "carol")
+    await quick.send("conductor", "bob", "long job")
+    await quick.receive("bob", timeout_s=0)
+
+    await anyio.sleep(0.35)  # overdue, but bob is still alive and says so
+    await quick.heartbeat("bob")
+    await quick.receive("carol", timeout_s=0)  # any receive runs the redelivery
+    kept = await quick.inbox_counts("bob")
+    await anyio.sleep(0.35)  # now bob has been silent for the whole window
+    await quick.receive("carol", timeout_s=0)
+    back = await quick.inbox_counts("bob")
+
+    assert (kept.pending, kept.in_flight) == (0, 1)
+    assert (back.pending, back.in_flight) == (1, 0)
+
+
 async def test_the_agents_own_next_receive_acks_even_an_overdue_batch(town: Town) -> None:
     quick = _town_like(town, redelivery_after_s=0.05)
     await _agents(quick, "bob")
