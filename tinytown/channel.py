@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
@@ -132,18 +133,29 @@ class Channel:
         deadline = started + max(0.0, timeout_s)
         bell = self.keys.bell(agent_id)
         while True:
-            rows = await self._run(
-                "receive",
-                agent_id,
-                session or "",
-                max_messages,
-                int(redelivery_after_s * 1000),
-                "1" if ack_previous else "0",
-                EVENTS_MAXLEN,
-            )
+            # Shielded: a cancel landing while the script runs would drop a batch that Redis
+            # already moved to in-flight, and the next receive would ack it unseen (lost).
+            with anyio.CancelScope(shield=True):
+                rows = await self._run(
+                    "receive",
+                    agent_id,
+                    session or "",
+                    max_messages,
+                    int(redelivery_after_s * 1000),
+                    "1" if ack_previous else "0",
+                    EVENTS_MAXLEN,
+                )
             ack_previous = False
             if rows:
-                return Received([_message_from_row(row) for row in rows], timed_out=False)
+                received = Received([_message_from_row(row) for row in rows], timed_out=False)
+                try:
+                    await anyio.lowlevel.checkpoint()
+                except anyio.get_cancelled_exc_class():
+                    # cancelled meanwhile: nobody will see this batch, so put it back
+                    with anyio.CancelScope(shield=True):
+                        await self.requeue(agent_id)
+                    raise
+                return received
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Received([], timed_out=True)
