@@ -207,6 +207,31 @@ async def test_cancelled_receive_leaves_a_later_message_queued(real_town: Town) 
     assert [m.body for m in got.messages] == ["after the cancel"]
 
 
+async def test_a_receive_cancelled_while_taking_a_batch_loses_nothing(real_town: Town) -> None:
+    """The cancel lands while the receive script is on the wire (after Redis moved the
+    batch to in-flight): the batch must go back to the inbox, not be acked unseen by the
+    next receive.  Repeated, since where exactly the cancel lands is up to the scheduler."""
+    await _agents(real_town, "bob")
+    await real_town.receive("bob", timeout_s=0)  # resolve and cache bob's id first
+    for i in range(20):
+        sent = await real_town.send("conductor", "bob", f"m{i}")
+        results: list[Received] = []
+
+        async def receiver() -> None:
+            results.append(await real_town.receive("bob", timeout_s=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receiver)
+            await anyio.lowlevel.checkpoint()  # the receiver sends its script...
+            await anyio.lowlevel.checkpoint()  # ...and waits for the reply
+            tg.cancel_scope.cancel()
+        if results:
+            assert [m.id for m in results[0].messages] == [sent.message.id]
+            continue
+        got = await real_town.receive("bob", timeout_s=0)
+        assert [m.id for m in got.messages] == [sent.message.id]
+
+
 async def test_progress_is_reported_while_a_receive_waits(real_town: Town) -> None:
     await _agents(real_town, "bob")
     bob = await real_town.get_agent("bob")
