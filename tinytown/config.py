@@ -238,6 +238,8 @@ def mask_url(url: str | None) -> str | None:
         return url
     user = parts.username or ""
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
     if parts.port:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:****@{host}"
