@@ -235,6 +235,7 @@ def test_the_default_town_name_is_the_lower_case_directory_name(
         ("redis://:secret@host:6379", "redis://:****@host:6379"),
         ("redis://user:secret@host:6379/0", "redis://user:****@host:6379/0"),
         ("rediss://default:s3cr%40t@cache.example.com:6380/1", "rediss://default:****@cache.example.com:6380/1"),
+        ("redis://:secret@[::1]:6379/0", "redis://:****@[::1]:6379/0"),
         ("redis://host:6379", "redis://host:6379"),
         ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock"),
         ("unix://:secret@/tmp/redis.sock?db=1", "unix://:****@/tmp/redis.sock?db=1"),
