@@ -40,6 +40,7 @@ from tinytown.models import (
     normalise_agent_name,
     now_ms,
 )
+from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
 
 T = TypeVar("T")
@@ -72,7 +73,7 @@ class SendReceipt(BaseModel):
     copies: list[str]
 
 
-class Town(TaskOps):
+class Town(TaskOps, LifecycleOps):
     """One town: its config, its Redis, and every operation on its agents, messages, tasks."""
 
     def __init__(
@@ -323,7 +324,9 @@ class Town(TaskOps):
         return agent, session, requeued
 
     async def delete_agent(self, name: str) -> None:
-        """Remove a stopped agent and every key it owns (``prune``).
+        """Remove a stopped agent and every key it owns (``prune``), its undelivered and
+        unacknowledged messages included.  Its unfinished tasks go back to the backlog first,
+        so no task is left assigned to an agent that no longer exists.
 
         Raises:
             Conflict: the agent is not stopped (or is the conductor).
@@ -333,9 +336,15 @@ class Town(TaskOps):
             raise Conflict("the conductor is always present and cannot be removed")
         if agent.state not in (AgentState.STOPPED, AgentState.ERROR):
             raise Conflict(f"agent {agent.name} is {agent.state.value}; kill it before pruning")
+        await self.reclaim_tasks(agent.name)
         async with wrap_redis_errors():
             in_flight = await self.redis.zrange(self.keys.inflight(agent.id), 0, -1)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in self.keys.inboxes(agent.id):
+                    pipe.lrange(key, 0, -1)
+                pending = [mid for ids in await pipe.execute() for mid in ids]
         plan = Plan()
+        plan.delete += [self._k(self.keys.message(mid)) for mid in (*in_flight, *pending)]
         plan.guard(self._k(self.keys.agent(agent.id)), "state", [agent.state.value], "retry",
                    "agent changed")
         plan.delete += [self._k(k) for k in (
