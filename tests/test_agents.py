@@ -169,3 +169,26 @@ async def test_only_a_stopped_agent_can_be_deleted_and_its_name_is_free_again(to
 async def test_the_conductor_cannot_be_deleted(town: Town) -> None:
     with pytest.raises(Conflict, match="always present"):
         await town.delete_agent("supervisor")
+
+
+async def test_deleting_an_agent_removes_its_messages_and_returns_its_tasks_to_the_backlog(
+    town: Town,
+) -> None:
+    await town.register_agent("bob")
+    task = await town.assign("half done", agent="bob")
+    await town.send("conductor", "bob", "never read")
+    await town.receive("bob", timeout_s=0, max_messages=1)  # the task: running, in flight
+    pending = [m.id for m in await town.inbox("bob")]
+    in_flight = [m.id for m in await town.in_flight("bob")]
+    await town.update_agent("bob", state=AgentState.STOPPED)
+
+    await town.delete_agent("bob")
+
+    stored = await town.get_task(task.id)
+    assert (stored.state, stored.assigned_to) == ("pending", None)
+    assert [t.id for t in (await town.list_tasks(state="pending")).tasks] == [task.id]
+    assert len(pending) == 1 and len(in_flight) == 1
+    for mid in pending + in_flight:
+        assert not await town.redis.exists(town.keys.message(mid))
+    await town.register_agent("carol")
+    assert (await town.claim("carol")).id == task.id
