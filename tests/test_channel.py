@@ -217,11 +217,11 @@ async def test_a_receive_cancelled_while_taking_a_batch_loses_nothing(real_town:
         sent = await real_town.send("conductor", "bob", f"m{i}")
         results: list[Received] = []
 
-        async def receiver() -> None:
-            results.append(await real_town.receive("bob", timeout_s=5))
+        async def receiver(into: list[Received]) -> None:
+            into.append(await real_town.receive("bob", timeout_s=5))
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(receiver)
+            tg.start_soon(receiver, results)
             await anyio.lowlevel.checkpoint()  # the receiver sends its script...
             await anyio.lowlevel.checkpoint()  # ...and waits for the reply
             tg.cancel_scope.cancel()
@@ -551,6 +551,32 @@ async def test_two_towns_on_one_redis_do_not_see_each_other(real_redis: Redis, t
         assert [m.body for m in await north.inbox("bob")] == ["north only"]
     finally:
         async for key in real_redis.scan_iter(match=south.keys.match_all):
+            await real_redis.delete(key)
+
+
+async def test_reset_deletes_only_this_towns_keys_and_recreates_the_conductor(
+    real_redis: Redis, town_name: str
+) -> None:
+    town = Town(real_redis, make_config(town_name))
+    other = Town(real_redis, make_config(town_name + "-other"))
+    try:
+        for t in (town, other):
+            await t.ensure_conductor()
+            await t.register_agent("bob")
+            await t.send("conductor", "bob", "hello")
+            await t.assign("work")
+
+        deleted = await town.reset()
+
+        assert deleted > 0
+        assert [a.name for a in await town.list_agents()] == ["conductor"]
+        assert (await town.list_tasks()).tasks == []
+        assert [e.type for e in await town.history(10)] == ["agent.registered"]
+        assert [a.name for a in await other.list_agents()] == ["conductor", "bob"]
+        assert [m.body for m in await other.inbox("bob")] == ["hello"]
+        assert len((await other.list_tasks()).tasks) == 1
+    finally:
+        async for key in real_redis.scan_iter(match=other.keys.match_all):
             await real_redis.delete(key)
 
 
