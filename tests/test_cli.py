@@ -1,0 +1,289 @@
+"""The `tt` commands that need no spawned process, run as real subprocesses.
+
+Each test runs `python -m tinytown.cli.main` against a private redis-server (``tt_env``), or
+against the town's own managed Redis (the up/status/down test).  Agents are registered
+through the Town directly: spawning is another module's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import clean_env, make_config
+from redis.asyncio import Redis
+
+from tinytown.town import Town
+
+pytestmark = pytest.mark.e2e
+
+
+def tt(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `tt ARGS` to completion and return what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "tinytown.cli.main", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def tt_ok(*args: str, env: dict[str, str], cwd: Path | None = None) -> Any:
+    """Run `tt ARGS --json`, require exit 0, return the parsed JSON."""
+    done = tt(*args, "--json", env=env, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], prefix: str) -> str:
+    """The failed command printed exactly one line, ``tt: <code>: ...``, and no traceback."""
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(prefix), lines[0]
+    assert done.stdout == ""
+    return lines[0]
+
+
+def register(redis_socket: str, town_name: str, *names: str) -> None:
+    async def go() -> None:
+        client = Redis(unix_socket_path=redis_socket, decode_responses=True)
+        try:
+            town = Town(client, make_config(town_name))
+            await town.ensure_conductor()
+            for name in names:
+                await town.register_agent(name)
+        finally:
+            await client.aclose()
+
+    anyio.run(go)
+
+
+class LineReader:
+    """Read lines from a running process's stdout, each within a deadline (no sleeps)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.buffer = b""
+
+    def line(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.fd], [], [], max(remaining, 0))
+            if not ready:
+                raise AssertionError(f"no line within {timeout} s (have {self.buffer!r})")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the process closed stdout (have {self.buffer!r})")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+
+# --------------------------------------------------------------------- town
+
+
+def test_init_creates_a_town_once_and_force_overwrites_it(tmp_path: Path) -> None:
+    env = clean_env()
+    made = tt_ok("init", "--name", "demo", env=env, cwd=tmp_path)
+    assert made == {
+        "town": "demo",
+        "root": str(tmp_path.resolve()),
+        "config": str(tmp_path.resolve() / "tinytown.toml"),
+        "redis": "managed",
+    }
+    assert (tmp_path / ".tt").is_dir()
+    assert ".tt/" in (tmp_path / ".gitignore").read_text().splitlines()
+
+    one_error_line(tt("init", env=env, cwd=tmp_path), "tt: conflict: ")
+
+    again = tt_ok("init", "--force", env=env, cwd=tmp_path)
+    assert again["town"] == tmp_path.name.lower()
+    assert (tmp_path / ".gitignore").read_text().count(".tt/") == 1
+
+    bad = one_error_line(tt("init", "--name", "Not OK!", "--force", env=env, cwd=tmp_path), "tt: invalid: ")
+    assert "a-z, 0-9" in bad
+
+
+def test_managed_redis_is_started_by_up_shown_by_status_and_stopped_by_down(tmp_path: Path) -> None:
+    env = clean_env()  # no REDIS_URL: the town runs its own redis-server in .tt/
+    env["TINYTOWN_TOWN"] = str(tmp_path)
+    tt_ok("init", "--name", "managed", env=env)
+    try:
+        up = tt_ok("up", env=env)
+        assert up["managed"] is True and up["started"] is True and up["pid"] > 0
+        shown = tt_ok("status", env=env)
+        assert shown["town"] == "managed"
+        assert shown["redis"] == f"managed {up['redis']}"
+        assert [a["agent"]["name"] for a in shown["agents"]] == ["conductor"]
+    finally:
+        down = tt_ok("down", env=env)
+    assert down["stopped"] is True
+    assert not (tmp_path / ".tt" / "redis.sock").exists()
+
+
+def test_status_watch_prints_again_when_the_town_changes_and_ctrl_c_exits_0(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "bob")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinytown.cli.main", "status", "--watch", "--json"],
+        env=tt_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        reader = LineReader(proc)
+        first = json.loads(reader.line())
+        assert {a["agent"]["name"]: a["inbox"]["pending"] for a in first["agents"]} == {
+            "conductor": 0,
+            "bob": 0,
+        }
+        tt_ok("send", "bob", "hello", env=tt_env)
+        second = json.loads(reader.line())
+        assert {a["agent"]["name"]: a["inbox"]["pending"] for a in second["agents"]}["bob"] == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_reset_refuses_without_force_and_then_deletes_every_agent(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "bob")
+    listed = tt("list", env=tt_env)
+    assert listed.returncode == 0
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "STATE", "CLI"]
+    assert [row.split()[:2] for row in rows] == [["conductor", "idle"], ["bob", "idle"]]
+
+    refused = one_error_line(tt("reset", env=tt_env), "tt: invalid: ")
+    assert "--force" in refused
+
+    assert tt_ok("reset", "--force", env=tt_env)["deleted_keys"] > 0
+    assert [a["name"] for a in tt_ok("list", env=tt_env)["agents"]] == ["conductor"]
+
+
+# --------------------------------------------------------------------- messages
+
+
+def test_urgent_message_is_peeked_and_received_before_normal_and_then_acknowledged(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "alice", "bob")
+    tt_ok("send", "bob", "first, normal", env=tt_env)
+    sent = tt_ok("send", "bob", "second, urgent", "--urgent", "--from", "alice", env=tt_env)
+    assert sent["message"]["from"] == "alice" and sent["message"]["priority"] == "urgent"
+
+    peeked = tt_ok("inbox", "bob", env=tt_env)
+    assert [m["body"] for m in peeked["messages"]] == ["second, urgent", "first, normal"]
+    assert peeked["inbox"] == {"pending": 2, "urgent": 1, "in_flight": 0}
+
+    as_bob = {**tt_env, "TINYTOWN_AGENT": "bob"}
+    counted = tt("inbox", "--count", env=as_bob)
+    assert (counted.returncode, counted.stdout) == (0, "2\n")
+
+    got = tt_ok("receive", "--timeout", "5", env=as_bob)
+    assert [(m["from"], m["body"]) for m in got["messages"]] == [
+        ("alice", "second, urgent"),
+        ("conductor", "first, normal"),
+    ]
+    assert got["timed_out"] is False
+    assert tt_ok("inbox", "bob", env=tt_env)["inbox"] == {"pending": 0, "urgent": 0, "in_flight": 0}
+
+    timed_out = tt_ok("receive", "bob", "--timeout", "0", env=tt_env)
+    assert timed_out == {"agent": "bob", "messages": [], "timed_out": True}
+    quiet = tt("receive", "bob", "--timeout", "0", env=tt_env)
+    assert (quiet.returncode, quiet.stdout) == (0, "")
+
+
+def test_bad_input_is_one_line_on_stderr_and_exit_1_and_usage_errors_exit_2(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "bob")
+    unknown = one_error_line(tt("send", "nobody", "hi", env=tt_env), "tt: not_found: ")
+    assert "nobody" in unknown
+
+    one_error_line(tt("send", "bob", "x" * (65 * 1024), env=tt_env), "tt: invalid: the message body")
+    priority = one_error_line(tt("send", "bob", "hi", "--priority", "asap", env=tt_env), "tt: invalid: ")
+    assert "urgent, high, normal, low" in priority
+
+    assert tt("sned", "bob", "hi", env=tt_env).returncode == 2
+    assert tt("send", "bob", "hi", "--urgent", "--priority", "low", env=tt_env).returncode == 2
+
+
+def test_tt_send_does_not_import_mcp(tt_env: dict[str, str], redis_socket: str, town_name: str) -> None:
+    register(redis_socket, town_name, "bob")
+    code = (
+        "import sys\n"
+        "from tinytown.cli.main import main\n"
+        "sys.argv = ['tt', 'send', 'bob', 'hello']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=tt_env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    sent, imported = done.stdout.splitlines()
+    assert sent.startswith("sent ")
+    assert imported == "[]"
+
+
+# --------------------------------------------------------------------- tasks
+
+
+def test_assigned_task_is_listed_finished_by_its_assignee_and_counted_by_status(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "bob", "carol")
+    task = tt_ok("assign", "bob", "write the docs", "--tag", "docs", "--priority", "high", env=tt_env)
+    assert (task["state"], task["tags"], task["priority"], task["created_by"]) == (
+        "assigned",
+        ["docs"],
+        "high",
+        "conductor",
+    )
+    assert [t["id"] for t in tt_ok("tasks", "--agent", "bob", env=tt_env)["tasks"]] == [task["id"]]
+
+    forbidden = tt("task", "done", task["id"], "mine now", "--from", "carol", env=tt_env)
+    assert "carol" in one_error_line(forbidden, "tt: forbidden: ")
+
+    done = tt_ok("task", "done", task["id"], "docs written", env={**tt_env, "TINYTOWN_AGENT": "bob"})
+    assert (done["state"], done["result"]) == ("completed", "docs written")
+
+    status = tt_ok("status", env=tt_env)
+    assert status["tasks"]["completed"] == 1 and status["tasks"]["assigned"] == 0
+    agents = {a["agent"]["name"]: a for a in status["agents"]}
+    assert agents["bob"]["agent"]["tasks_completed"] == 1
+    assert agents["conductor"]["inbox"]["pending"] == 1  # the task_done notice to the creator
+
+
+def test_backlog_tasks_are_claimed_oldest_first_and_history_shows_it(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "bob")
+    older = tt_ok("backlog", "add", "older", env=tt_env)
+    newer = tt_ok("backlog", "add", "newer", "--priority", "low", env=tt_env)
+    assert older["state"] == newer["state"] == "pending"
+    listed = tt_ok("backlog", "list", env=tt_env)
+    assert [t["id"] for t in listed["tasks"]] == [older["id"], newer["id"]]
+
+    claimed = tt_ok("backlog", "claim", "--agent", "bob", env=tt_env)
+    assert claimed["id"] == older["id"] and claimed["state"] == "running"
+
+    history = tt("history", "-n", "50", env=tt_env)
+    assert history.returncode == 0
+    lines = history.stdout.splitlines()
+    assert sum(" task.created " in line for line in lines) == 2
+    assert any(older["id"] in line and "claim" in line for line in lines), history.stdout

@@ -1,0 +1,681 @@
+"""The ``tt`` commands that need no spawned process: the town, messages, tasks, history.
+
+Each command parses its arguments, calls one :class:`~tinytown.town.Town` method through
+:func:`~tinytown.cli.app.run` (which maps domain errors to ``tt: code: sentence`` and exit 1)
+and renders the result: ``--json`` prints the record read, created or changed with stable
+keys; otherwise :mod:`tinytown.cli.render` prints a rich table on a terminal or plain text.
+
+Start-up time matters (``tt send`` and ``tt inbox --count`` run from scripts and prompt
+hooks): this module imports only Typer and the CLI frame at load time; the Town, config,
+rendering and rich are imported inside the commands that use them.
+
+Choices this page makes where the spec is silent:
+
+* ``init`` creates the town in ``--town``, else ``$TINYTOWN_TOWN``, else the current directory.
+* ``receive`` waits 30 s by default (as the MCP tool does); ``--timeout 0`` only takes what
+  is there.  Messages are printed, then acknowledged, so a consumer that dies while printing
+  gets them again.
+* ``--json`` with ``--watch`` / ``--follow`` prints one compact JSON document per line.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run, run_plain, state
+
+if TYPE_CHECKING:
+    from tinytown.cli.render import Part
+    from tinytown.config import TownConfig, TownPaths
+    from tinytown.models import Event, Message
+    from tinytown.town import Town, TownStatus
+
+WATCH_REFRESH_S = 3.0
+FOLLOW_BLOCK_S = 5.0
+
+task_app = typer.Typer(help="Show or finish one task: show | done | fail | cancel.", no_args_is_help=True)
+backlog_app = typer.Typer(help="Tasks no agent holds yet: add | list | claim.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+app.add_typer(backlog_app, name="backlog")
+
+PriorityOption = Annotated[str, typer.Option("--priority", "-p", help="urgent | high | normal | low.")]
+TagOption = Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag for the task (repeatable).")]
+FromOption = Annotated[
+    str | None,
+    typer.Option("--from", help="Act as this agent (default: $TINYTOWN_AGENT, else conductor)."),
+]
+
+
+def _json_line(value: Any) -> None:
+    """One compact JSON document per line (streams: ``--watch``, ``--follow``)."""
+    from tinytown.cli.app import to_jsonable
+
+    sys.stdout.write(json.dumps(to_jsonable(value), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _local_town(ctx: typer.Context) -> "tuple[TownPaths, TownConfig]":
+    """The town's paths and config, without connecting to Redis."""
+    from tinytown.config import TownPaths, find_town_root, load_config
+
+    def load() -> "tuple[TownPaths, TownConfig]":
+        paths = TownPaths(find_town_root(state(ctx).town))
+        return paths, load_config(paths)
+
+    return run_plain(load)
+
+
+def _name(agent: str) -> str:
+    """An agent name as the town stores it (lower case, ``supervisor`` → ``conductor``)."""
+    from tinytown.models import normalise_agent_name
+
+    return normalise_agent_name(agent)
+
+
+async def _agent_names(town: "Town") -> dict[str, str]:
+    """Agent id → name, to show assignees by name."""
+    return {a.id: a.name for a in await town.list_agents()}
+
+
+# --------------------------------------------------------------------- the town
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Town name (default: the directory name).")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Use this Redis instead of a managed one.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing tinytown.toml.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Make a town here: tinytown.toml, the .tt/ runtime folder, .tt/ in .gitignore."""
+    import os
+
+    from tinytown.config import TownPaths, init_town, mask_url
+
+    given = state(ctx).town or os.environ.get("TINYTOWN_TOWN")
+    root = Path(given).expanduser() if given else Path.cwd()
+    config = run_plain(lambda: init_town(root, name=name, redis_url=redis_url, force=force))
+    paths = TownPaths(root.resolve())
+    redis = mask_url(config.redis.url) or "managed"
+    if json_out:
+        print_json(
+            {"town": config.name, "root": str(paths.root), "config": str(paths.config), "redis": redis}
+        )
+        return
+    from tinytown.cli.render import say
+
+    say(f"created town {config.name} in {paths.root}")
+    if redis == "managed":
+        say("redis: managed (a private redis-server in .tt/, started on first use or by `tt up`)")
+    else:
+        say(f"redis: {redis}")
+
+
+@app.command()
+def up(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """Start the town's managed Redis (a no-op for an external Redis URL)."""
+    from tinytown.config import mask_url
+    from tinytown.connect import managed_redis
+
+    paths, config = _local_town(ctx)
+    if config.redis.url:
+        _external(config.name, mask_url(config.redis.url) or "", json_out)
+        return
+    server = managed_redis(config, paths)
+    started = run_plain(server.ensure_running)
+    if json_out:
+        print_json(
+            {
+                "town": config.name,
+                "managed": True,
+                "redis": server.url,
+                "pid": server.pid(),
+                "started": started,
+            }
+        )
+        return
+    from tinytown.cli.render import say
+
+    verb = "started" if started else "already running:"
+    say(f"{verb} managed Redis of town {config.name} at {server.url} (pid {server.pid()})")
+
+
+@app.command()
+def down(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """Stop the town's managed Redis; its data stays in .tt/ (AOF) for the next start."""
+    from tinytown.config import mask_url
+    from tinytown.connect import managed_redis
+
+    paths, config = _local_town(ctx)
+    if config.redis.url:
+        _external(config.name, mask_url(config.redis.url) or "", json_out)
+        return
+    server = managed_redis(config, paths)
+    stopped = run_plain(server.stop)
+    if json_out:
+        print_json({"town": config.name, "managed": True, "redis": server.url, "stopped": stopped})
+        return
+    from tinytown.cli.render import say
+
+    if stopped:
+        say(f"stopped managed Redis of town {config.name}")
+    else:
+        say(f"managed Redis of town {config.name} was not running")
+
+
+def _external(town: str, url: str, json_out: bool) -> None:
+    if json_out:
+        print_json({"town": town, "managed": False, "redis": url})
+    else:
+        from tinytown.cli.render import say
+
+        say(f"town {town} uses the external Redis {url}; no server is managed")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Keep showing it, refreshed when the town changes.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """The town: Redis, agents (state, staleness, inbox, task), task counts by state."""
+    if not watch:
+        result = run(ctx, lambda town: town.status())
+        if json_out:
+            print_json(result)
+        else:
+            from tinytown.cli.render import show
+
+            show(_status_parts(result))
+        return
+    try:
+        run(ctx, lambda town: _watch(town, json_out))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+async def _watch(town: "Town", json_out: bool) -> None:
+    """Show the status again whenever an event lands on the town stream.
+
+    Waits on the stream (XREAD BLOCK) in slices of :data:`WATCH_REFRESH_S`, so a terminal
+    view also refreshes ages and staleness while the town is quiet.  A pipe gets a new
+    status only when something happened.
+    """
+    from tinytown.cli.app import is_terminal
+    from tinytown.cli.render import console, plain, renderable
+
+    last = await town.channel.last_event_id()
+    if json_out or not is_terminal():
+        changed = True
+        while True:
+            if changed:
+                current = await town.status()
+                if json_out:
+                    _json_line(current)
+                else:
+                    sys.stdout.write(plain(_status_parts(current)) + "\n")
+                    sys.stdout.flush()
+            events = await town.channel.wait_events(last, WATCH_REFRESH_S)
+            changed = bool(events)
+            if events:
+                last = events[-1].id
+    from rich.live import Live
+
+    current = await town.status()
+    with Live(renderable(_status_parts(current)), console=console(), auto_refresh=False) as live:
+        while True:
+            events = await town.channel.wait_events(last, WATCH_REFRESH_S)
+            if events:
+                last = events[-1].id
+            current = await town.status()
+            live.update(renderable(_status_parts(current)), refresh=True)
+
+
+def _status_parts(current: "TownStatus") -> "list[Part]":
+    from tinytown.cli.render import STATE_STYLES, Cell, Table, ago, styled, task_ref
+
+    where = f"  ({current.root})" if current.root else ""
+    parts: list[Part] = [f"town   {current.town}{where}", f"redis  {current.redis}"]
+    table = Table(["agent", "state", "seen", "inbox", "urgent", "in flight", "task"])
+    for view in current.agents:
+        agent = view.agent
+        state_cell: Cell = styled(agent.state.value, STATE_STYLES)
+        if view.stale:
+            state_cell = (f"{agent.state.value} (stale)", "bold red")
+        urgent: Cell = (str(view.inbox.urgent), "bold red") if view.inbox.urgent else "0"
+        table.rows.append([
+            agent.name, state_cell, ago(agent.last_seen), str(view.inbox.pending), urgent,
+            str(view.inbox.in_flight), task_ref(agent.current_task),
+        ])  # fmt: skip
+    parts.append(table)
+    parts.append("tasks  " + "  ".join(f"{name} {count}" for name, count in current.tasks.items()))
+    return parts
+
+
+@app.command("list")
+def list_agents(
+    ctx: typer.Context,
+    agent_state: Annotated[str | None, typer.Option("--state", help="Only agents in this state.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """The agents of the town (the conductor first)."""
+
+    async def go(town: "Town") -> tuple[list[Any], float]:
+        return await town.list_agents(agent_state), town.config.stale_after_s
+
+    agents, stale_after_s = run(ctx, go)
+    if json_out:
+        print_json({"agents": agents})
+        return
+    from tinytown.cli.render import agents_table, show
+
+    show([agents_table(agents, stale_after_s)])
+
+
+@app.command()
+def reset(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Really delete everything.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Delete every agent, task, message and event of the town (keeps tinytown.toml)."""
+    from tinytown.errors import Invalid
+
+    _paths, config = _local_town(ctx)
+    if not force:
+        fail(
+            Invalid(
+                f"reset deletes every agent, task, message and event of town {config.name}; "
+                "pass --force to do it"
+            )
+        )
+    deleted = run(ctx, lambda town: town.reset())
+    if json_out:
+        print_json({"town": config.name, "deleted_keys": deleted})
+        return
+    from tinytown.cli.render import say
+
+    say(f"reset town {config.name}: deleted {deleted} keys")
+
+
+# --------------------------------------------------------------------- messages
+
+
+@app.command()
+def send(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Argument(help="Agent name, or 'all' for every agent that is not stopped.")],
+    message: Annotated[str, typer.Argument(help="The message body.")],
+    kind: Annotated[
+        str, typer.Option("--kind", "-k", help="info | query | task | ack | custom | ...")
+    ] = "info",
+    urgent: Annotated[bool, typer.Option("--urgent", "-u", help="Same as --priority urgent.")] = False,
+    priority: Annotated[
+        str | None, typer.Option("--priority", "-p", help="urgent | high | normal | low.")
+    ] = None,
+    sender: FromOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Send a message to an agent's inbox (durable; received highest priority first)."""
+    if urgent and priority not in (None, "urgent"):
+        raise typer.BadParameter("give either --urgent or --priority, not both", param_hint="--urgent")
+    chosen = "urgent" if urgent else priority or "normal"
+    who = identity(sender)
+    receipt = run(ctx, lambda town: town.send(who, to, message, kind=kind, priority=chosen))
+    if json_out:
+        print_json(receipt)
+        return
+    from tinytown.cli.render import say
+
+    copies = f" ({len(receipt.copies)} copies)" if receipt.message.to == "all" else ""
+    say(f"sent {receipt.message.id} to {receipt.message.to}{copies} [{receipt.message.priority.value}]")
+
+
+@app.command()
+def inbox(
+    ctx: typer.Context,
+    agent: Annotated[
+        str | None, typer.Argument(help="Whose inbox (default: $TINYTOWN_AGENT, else conductor).")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", "-a", help="Every agent's pending messages.")] = False,
+    count: Annotated[bool, typer.Option("--count", "-c", help="Print only the pending count.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many messages per agent.")] = 50,
+    json_out: JsonOption = False,
+) -> None:
+    """Peek at pending messages without consuming them (highest priority first)."""
+    if every:
+        _inbox_all(ctx, limit, count, json_out)
+        return
+    who = _name(identity(agent))
+
+    if count:
+        counts = run(ctx, lambda town: town.inbox_counts(who))
+        if json_out:
+            print_json({"agent": who, **counts.model_dump()})
+        else:
+            sys.stdout.write(f"{counts.pending}\n")
+        return
+
+    async def go(town: "Town") -> "tuple[Any, list[Message]]":
+        return await town.inbox_counts(who), await town.inbox(who, limit)
+
+    counts, messages = run(ctx, go)
+    if json_out:
+        print_json({"agent": who, "inbox": counts, "messages": messages})
+        return
+    from tinytown.cli.render import message_parts, show
+
+    show([_inbox_header(who, counts), *message_parts(messages)])
+
+
+def _inbox_all(ctx: typer.Context, limit: int, count: bool, json_out: bool) -> None:
+    async def go(town: "Town") -> list[dict[str, Any]]:
+        views = (await town.status()).agents
+        return [
+            {"agent": v.agent.name, "inbox": v.inbox,
+             "messages": [] if count or not v.inbox.pending else await town.inbox(v.agent.name, limit)}
+            for v in views
+        ]  # fmt: skip
+
+    rows = run(ctx, go)
+    if json_out:
+        print_json(
+            {"agents": [{k: v for k, v in row.items() if not (count and k == "messages")} for row in rows]}
+        )
+        return
+    from tinytown.cli.render import Table, message_parts, show
+
+    if count:
+        table = Table(["agent", "pending", "urgent", "in flight"])
+        for row in rows:
+            c = row["inbox"]
+            table.rows.append([row["agent"], str(c.pending), str(c.urgent), str(c.in_flight)])
+        show([table])
+        return
+    parts: list[Part] = []
+    for row in rows:
+        parts.append(_inbox_header(row["agent"], row["inbox"]))
+        parts += message_parts(row["messages"])
+    show(parts)
+
+
+def _inbox_header(name: str, counts: Any) -> str:
+    if not counts.pending:
+        return f"{name}: no pending messages ({counts.in_flight} in flight)"
+    return f"{name}: {counts.pending} pending ({counts.urgent} urgent, {counts.in_flight} in flight)"
+
+
+@app.command()
+def receive(
+    ctx: typer.Context,
+    agent: Annotated[
+        str | None, typer.Argument(help="Whose messages (default: $TINYTOWN_AGENT, else conductor).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for a message (0-300).")
+    ] = 30.0,
+    max_messages: Annotated[int, typer.Option("--max", help="At most this many messages (1-100).")] = 10,
+    json_out: JsonOption = False,
+) -> None:
+    """Consume messages (for scripts): wait for them, print them, acknowledge them.
+
+    On a timeout it prints nothing (``--json``: an empty list with ``timed_out``), exit 0.
+    """
+    who = _name(identity(agent))
+
+    async def go(town: "Town") -> None:
+        got = await town.receive(who, timeout_s=timeout, max_messages=max_messages)
+        if json_out:
+            print_json({"agent": who, "messages": got.messages, "timed_out": got.timed_out})
+        elif got.messages:
+            from tinytown.cli.render import message_parts, show
+
+            show(message_parts(got.messages))
+        # Printed first, acknowledged second: a consumer that dies while printing gets them again.
+        await town.ack(who, [m.id for m in got.messages])
+
+    run(ctx, go)
+
+
+# --------------------------------------------------------------------- tasks
+
+
+@app.command()
+def assign(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Argument(help="The agent that should do it.")],
+    description: Annotated[str, typer.Argument(help="What should be done.")],
+    tags: TagOption = None,
+    priority: PriorityOption = "normal",
+    json_out: JsonOption = False,
+) -> None:
+    """Create a task for an agent; it gets a `task` message carrying the task id."""
+    who = identity()
+    task = run(
+        ctx, lambda town: town.assign(description, agent=agent, by=who, tags=tags or [], priority=priority)
+    )
+    if json_out:
+        print_json(task)
+        return
+    from tinytown.cli.render import say
+
+    say(f"assigned task {task.id} to {_name(agent)} [{task.priority.value}]")
+
+
+@app.command()
+def tasks(
+    ctx: typer.Context,
+    task_state: Annotated[str | None, typer.Option("--state", "-s", help="Only tasks in this state.")] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="Only tasks given to this agent.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Page size (1-500).")] = 50,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of the previous page.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Tasks, newest first, a page at a time."""
+
+    async def go(town: "Town") -> tuple[Any, dict[str, str]]:
+        page = await town.list_tasks(state=task_state, agent=agent, limit=limit, cursor=cursor)
+        return page, await _agent_names(town)
+
+    page, names = run(ctx, go)
+    if json_out:
+        print_json(page)
+        return
+    _show_page(page, names, "tasks")
+
+
+def _show_page(page: Any, names: dict[str, str], command: str) -> None:
+    from tinytown.cli.render import show, tasks_table
+
+    parts: list[Part] = [tasks_table(page.tasks, names)] if page.tasks else ["no tasks"]
+    if page.next_cursor:
+        parts.append(f"more: tt {command} --cursor {page.next_cursor}")
+    show(parts)
+
+
+@task_app.command("show")
+def task_show(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    json_out: JsonOption = False,
+) -> None:
+    """One task with its description, result or error."""
+
+    async def go(town: "Town") -> tuple[Any, dict[str, str]]:
+        return await town.get_task(task_id), await _agent_names(town)
+
+    task, names = run(ctx, go)
+    if json_out:
+        print_json(task)
+        return
+    from tinytown.cli.render import show, task_parts
+
+    show(task_parts(task, names))
+
+
+@task_app.command("done")
+def task_done(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    result: Annotated[str, typer.Argument(help="What was done (the creator is told).")],
+    sender: FromOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Mark a task completed (as its assignee, or as the conductor)."""
+    who = identity(sender)
+    task = run(ctx, lambda town: town.complete_task(task_id, result, by=who))
+    _finished(task, json_out)
+
+
+@task_app.command("fail")
+def task_fail(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    error: Annotated[str, typer.Argument(help="Why it failed (the creator is told).")],
+    sender: FromOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Mark a task failed (as its assignee, or as the conductor)."""
+    who = identity(sender)
+    task = run(ctx, lambda town: town.fail_task(task_id, error, by=who))
+    _finished(task, json_out)
+
+
+@task_app.command("cancel")
+def task_cancel(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why (the agents are told).")] = None,
+    sender: FromOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Cancel a task that is not finished (as the conductor, its creator or its assignee)."""
+    who = identity(sender)
+    task = run(ctx, lambda town: town.cancel_task(task_id, reason, by=who))
+    _finished(task, json_out)
+
+
+def _finished(task: Any, json_out: bool) -> None:
+    if json_out:
+        print_json(task)
+        return
+    from tinytown.cli.render import say
+
+    say(f"task {task.id} {task.state.value}")
+
+
+@backlog_app.command("add")
+def backlog_add(
+    ctx: typer.Context,
+    description: Annotated[str, typer.Argument(help="What should be done.")],
+    tags: TagOption = None,
+    priority: PriorityOption = "normal",
+    json_out: JsonOption = False,
+) -> None:
+    """Put a task in the backlog for any agent to claim."""
+    who = identity()
+    task = run(ctx, lambda town: town.assign(description, by=who, tags=tags or [], priority=priority))
+    if json_out:
+        print_json(task)
+        return
+    from tinytown.cli.render import say
+
+    say(f"added task {task.id} to the backlog [{task.priority.value}]")
+
+
+@backlog_app.command("list")
+def backlog_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Page size (1-500).")] = 50,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of the previous page.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Backlog tasks, oldest first (the order `claim` takes them)."""
+    from tinytown.models import TaskState
+
+    page = run(
+        ctx,
+        lambda town: town.list_tasks(state=TaskState.PENDING, limit=limit, cursor=cursor, oldest_first=True),
+    )
+    if json_out:
+        print_json(page)
+        return
+    _show_page(page, {}, "backlog list")
+
+
+@backlog_app.command("claim")
+def backlog_claim(
+    ctx: typer.Context,
+    task_id: Annotated[str | None, typer.Argument(help="A backlog task id (default: the oldest).")] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Claim for this agent (default: $TINYTOWN_AGENT).")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Take a backlog task (the given one, or the oldest); it becomes running."""
+    who = identity(agent)
+    task = run(ctx, lambda town: town.claim(who, task_id))
+    if json_out:
+        print_json(task)
+        return
+    from tinytown.cli.render import one_line, say
+
+    say(f"{_name(who)} claimed task {task.id}: {one_line(task.description)}")
+
+
+# --------------------------------------------------------------------- history
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    count: Annotated[int, typer.Option("-n", "--count", help="How many recent events.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """The town's recent events (agents, tasks, messages), oldest first."""
+    if count < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="-n")
+
+    async def go(town: "Town") -> "list[Event]":
+        events = await town.history(count) if count else []
+        if not follow:
+            return events
+        for event in events:
+            _print_event(event, json_out)
+        after = events[-1].id if events else await town.channel.last_event_id()
+        async for event in town.follow(after=after, block_s=FOLLOW_BLOCK_S):
+            _print_event(event, json_out)
+        return []
+
+    try:
+        events = run(ctx, go)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    if json_out:
+        print_json({"events": events})
+        return
+    for event in events:
+        _print_event(event, False)
+
+
+def _print_event(event: "Event", json_out: bool) -> None:
+    if json_out:
+        _json_line(event)
+        return
+    from tinytown.cli.render import event_line
+
+    sys.stdout.write(event_line(event) + "\n")
+    sys.stdout.flush()

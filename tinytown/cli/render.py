@@ -1,0 +1,237 @@
+"""How ``tt`` shows things: rich tables and colour on a terminal, plain aligned text otherwise.
+
+Commands build a list of :data:`Part` (a line of text or a :class:`Table`) once; :func:`show`
+prints it as rich output when stdout is a terminal and as plain text when it is not (pipes,
+scripts, tests).  ``rich`` is imported only on the terminal path, so scripted calls such as
+``tt send`` never pay for it.  Text from the town (message bodies, descriptions) is never
+read as rich markup.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tinytown.cli.app import is_terminal
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from tinytown.models import Agent, Event, Message, Task
+
+# A cell is its text, or (text, rich style) to colour it on a terminal.
+Cell = str | tuple[str, str]
+
+STATE_STYLES = {
+    # agents
+    "starting": "blue", "idle": "green", "working": "cyan", "paused": "yellow",
+    "stopped": "dim", "error": "bold red",
+    # tasks
+    "pending": "yellow", "assigned": "blue", "running": "cyan", "completed": "green",
+    "failed": "bold red", "cancelled": "dim",
+}  # fmt: skip
+PRIORITY_STYLES = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "dim"}
+DESCRIPTION_WIDTH = 60
+
+
+@dataclass
+class Table:
+    """Rows of cells under a header; rendered aligned in both modes."""
+
+    headers: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    title: str | None = None
+    # Only free text folds on a narrow terminal; ids and states stay whole (ids are copied).
+    folding: frozenset[str] = frozenset({"description", "value", "role"})
+
+
+Part = str | Table
+
+
+def text_of(cell: Cell) -> str:
+    return cell if isinstance(cell, str) else cell[0]
+
+
+def styled(text: str, styles: dict[str, str]) -> Cell:
+    """``text`` with the style the mapping gives it (none when unknown)."""
+    style = styles.get(text, "")
+    return (text, style) if style else text
+
+
+def plain(parts: Sequence[Part]) -> str:
+    """Plain text: tables as columns separated by two spaces, headers upper-case."""
+    lines: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            lines.append(part)
+            continue
+        if part.title:
+            lines.append(part.title)
+        grid = [[h.upper() for h in part.headers]] + [[text_of(c) for c in row] for row in part.rows]
+        widths = [max(len(row[i]) for row in grid) for i in range(len(part.headers))]
+        for row in grid:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+            lines.append("  ".join(cells).rstrip())
+    return "".join(line + "\n" for line in lines)
+
+
+def renderable(parts: Sequence[Part]) -> RenderableType:
+    """The rich form of ``parts`` (one group), for printing or a live view."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    items: list[RenderableType] = []
+    for part in parts:
+        if isinstance(part, str):
+            items.append(Text(part))
+            continue
+        table = RichTable(
+            title=part.title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, collapse_padding=True
+        )
+        for header in part.headers:
+            if header in part.folding:
+                table.add_column(header, overflow="fold", ratio=1)
+            else:
+                table.add_column(header, no_wrap=True)
+        for row in part.rows:
+            table.add_row(*(Text(c) if isinstance(c, str) else Text(c[0], style=c[1]) for c in row))
+        items.append(table)
+    return Group(*items)
+
+
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def show(parts: Sequence[Part]) -> None:
+    """Print ``parts``: rich on a terminal, plain text otherwise."""
+    if is_terminal():
+        console().print(renderable(parts))
+    else:
+        sys.stdout.write(plain(parts))
+        sys.stdout.flush()
+
+
+def say(line: str) -> None:
+    """One line of human output (a confirmation)."""
+    show([line])
+
+
+# --------------------------------------------------------------------- formats
+
+
+def ago(ms: int | None, at_ms: int | None = None) -> str:
+    """``12s ago``-style age of a millisecond timestamp; ``-`` when absent."""
+    if not ms:
+        return "-"
+    seconds = max(0, ((at_ms if at_ms is not None else int(time.time() * 1000)) - ms) // 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def clock(ms: int) -> str:
+    """Local wall-clock time of a millisecond timestamp."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def task_ref(task_id: str | None) -> str:
+    """A current task in an overview table: the full id for scripts, its first 8 characters
+    on a terminal (``tt task show`` and ``--json`` give the whole id)."""
+    if not task_id:
+        return "-"
+    return task_id[:8] + "…" if is_terminal() else task_id
+
+
+def one_line(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+    """The first line of ``text``, cut to ``width`` characters with an ellipsis."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if len(first) > width or "\n" in text.strip():
+        return first[: width - 1] + "…"
+    return first
+
+
+# --------------------------------------------------------------------- records
+
+
+def agents_table(agents: Sequence[Agent], stale_after_s: float) -> Table:
+    table = Table(["name", "state", "cli", "role", "task", "done", "seen"])
+    for agent in agents:
+        state: Cell = styled(agent.state.value, STATE_STYLES)
+        if agent.is_stale(stale_after_s):
+            state = (f"{agent.state.value} (stale)", "bold red")
+        table.rows.append([
+            agent.name, state, agent.cli or "-", agent.role or "-", task_ref(agent.current_task),
+            str(agent.tasks_completed), ago(agent.last_seen),
+        ])  # fmt: skip
+    return table
+
+
+def tasks_table(tasks: Sequence[Task], names: dict[str, str]) -> Table:
+    """Tasks with the assignee shown by name (``names`` maps agent id to name)."""
+    table = Table(["id", "state", "priority", "agent", "try", "description"])
+    for task in tasks:
+        agent = names.get(task.assigned_to, task.assigned_to) if task.assigned_to else "-"
+        table.rows.append([
+            task.id, styled(task.state.value, STATE_STYLES),
+            styled(task.priority.value, PRIORITY_STYLES), agent or "-", str(task.attempt),
+            one_line(task.description),
+        ])  # fmt: skip
+    return table
+
+
+def task_parts(task: Task, names: dict[str, str]) -> list[Part]:
+    """One task, field by field."""
+    agent = names.get(task.assigned_to, task.assigned_to) if task.assigned_to else None
+    fields: list[tuple[str, Any]] = [
+        ("id", task.id), ("state", task.state.value), ("priority", task.priority.value),
+        ("assigned_to", agent), ("created_by", task.created_by), ("attempt", task.attempt),
+        ("tags", ", ".join(task.tags) or None), ("parent_id", task.parent_id),
+        ("created", clock(task.created_at)), ("updated", clock(task.updated_at)),
+        ("started", clock(task.started_at) if task.started_at else None),
+        ("finished", clock(task.completed_at) if task.completed_at else None),
+    ]  # fmt: skip
+    table = Table(["field", "value"])
+    for name, value in fields:
+        if value is not None:
+            cell = styled(str(value), STATE_STYLES if name == "state" else {})
+            table.rows.append([name, cell])
+    parts: list[Part] = [table, "description:", _indent(task.description)]
+    if task.result is not None:
+        parts += ["result:", _indent(task.result)]
+    if task.error is not None:
+        parts += ["error:", _indent(task.error)]
+    return parts
+
+
+def message_parts(messages: Sequence[Message]) -> list[Part]:
+    """Messages in receive order: a header line with the ids, then the body indented."""
+    parts: list[Part] = []
+    for m in messages:
+        extras = [f"id {m.id}"]
+        if m.task_id:
+            extras.append(f"task {m.task_id}")
+        if m.reply_to:
+            extras.append(f"reply to {m.reply_to}")
+        if m.delivery_count > 1:
+            extras.append(f"delivery {m.delivery_count}")
+        parts.append(f"[{m.priority.value}] {m.kind.value} from {m.sender}  ({', '.join(extras)})")
+        parts.append(_indent(m.body))
+    return parts
+
+
+def event_line(event: Event) -> str:
+    data = "  ".join(f"{k}={v}" for k, v in event.data.items() if v is not None)
+    return f"{clock(event.at)}  {event.type:<18} {data}".rstrip()
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines() or [""])
