@@ -65,6 +65,8 @@ class TownConfig(_Strict):
     max_agents: int = Field(32, gt=0)
     stale_after_s: float = Field(120.0, gt=0)
     redelivery_after_s: float = Field(600.0, gt=0)
+    # A spawned agent's runner stops after this long without a round (None: never).
+    idle_timeout_s: float | None = Field(None, gt=0)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     limits: Limits = Field(default_factory=Limits)
     agent_clis: dict[str, AgentCliSettings] = Field(default_factory=dict)
@@ -78,7 +80,7 @@ class TownConfig(_Strict):
             )
         return name
 
-    @field_validator("stale_after_s", "redelivery_after_s", mode="before")
+    @field_validator("stale_after_s", "redelivery_after_s", "idle_timeout_s", mode="before")
     @classmethod
     def _int_seconds_are_fine(cls, value: Any) -> Any:
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value

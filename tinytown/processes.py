@@ -1,0 +1,160 @@
+"""Local process bookkeeping for runners: the one-runner-per-agent lock, liveness, exit waits.
+
+Each runner holds an exclusive ``flock`` on ``.tt/run/<agent>.lock`` (its pid written
+inside) for as long as it lives.  The kernel drops the lock when the process ends, however it
+ends, so "is the lock held?" is the liveness test: unlike a bare pid it cannot be fooled by a
+reused pid or a zombie.  Signals and exit waits go to the recorded pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import time
+from pathlib import Path
+
+from tinytown.config import TownPaths
+from tinytown.errors import Conflict
+
+
+def lock_path(paths: TownPaths, agent: str) -> Path:
+    """``.tt/run/<agent>.lock``: held by the agent's live runner."""
+    return paths.runtime / "run" / f"{agent}.lock"
+
+
+def runner_log_path(paths: TownPaths, agent: str) -> Path:
+    return paths.logs / f"{agent}.runner.log"
+
+
+def round_log_path(paths: TownPaths, agent: str, n: int) -> Path:
+    return paths.logs / f"{agent}.round-{n}.log"
+
+
+class RunnerLock:
+    """The exclusive lock a runner holds while it runs (never inherited by its children)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, agent: str) -> None:
+        """Take the lock and write our pid into it.
+
+        Raises:
+            Conflict: another live runner holds it (its pid is named).
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise Conflict(
+                f"a runner for agent {agent} is already running{who}; two runners never run for "
+                "one agent. `tt kill` it first, or `tt restart` it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the live runner holding ``path``, or ``None`` when nobody holds it.
+
+    Returns 0 when it is held but the pid is not written yet.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (where ``/proc`` can tell)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): trust kill(0)
+    return state not in ("Z", "X")
+
+
+def wait_exit(pid: int, timeout_s: float) -> bool:
+    """Block until ``pid`` has exited (True) or ``timeout_s`` passed (False).
+
+    On Linux a pidfd makes the exit an event to wait on; elsewhere it polls in small steps.
+    """
+    deadline = time.monotonic() + max(timeout_s, 0.0)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            while pid_alive(pid):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                select.select([fd], [], [], remaining)
+        finally:
+            os.close(fd)
+        return True
+    delay = 0.005
+    while pid_alive(pid):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+def signal_process(pid: int, sig: signal.Signals, *, group: bool) -> bool:
+    """Send ``sig`` to ``pid``, or to the process group it leads (a runner started by
+    ``spawn`` leads its own; one started by hand may not, then just the process); False
+    when nothing was there."""
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+            return True
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

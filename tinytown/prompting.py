@@ -1,0 +1,129 @@
+"""The text a runner gives an agent CLI for one round, and the ``tt prime`` onboarding text.
+
+A round prompt says who the agent is, which town it is in, every message of the round with
+its ids (and task ids and attempts), and how to answer and finish: the ``tinytown`` MCP tools
+first (``task_done``, ``task_failed``, ``send_message``), the ``tt`` commands as the fallback
+for CLIs without MCP.  It is plain text: every CLI takes it as its first user message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tinytown.models import CONDUCTOR, Agent, InboxCounts, Message, MessageKind, Task
+
+
+def _who(agent: Agent) -> str:
+    parts = [agent.name]
+    if agent.nickname:
+        parts.append(f'("{agent.nickname}")')
+    if agent.role:
+        parts.append(f"- role: {agent.role}")
+    return " ".join(parts)
+
+
+def render_round_prompt(
+    agent: Agent,
+    town: str,
+    root: Path,
+    messages: Sequence[Message],
+    tasks: Mapping[str, Task],
+) -> str:
+    """One prompt for the actionable messages of a round (``tasks``: task id → task)."""
+    lines = [
+        f"You are {_who(agent)}, an agent in the Tinytown town {town!r} (directory {root}).",
+        "Tinytown connects you with other coding agents and a human, the conductor. Your "
+        "messages arrive through the `tinytown` MCP server; this round's messages are below.",
+        "",
+        f"You have {len(messages)} new message{'s' if len(messages) != 1 else ''}:",
+    ]
+    for n, message in enumerate(messages, 1):
+        lines += ["", f"--- message {n} of {len(messages)} ---",
+                  f"message id: {message.id}",
+                  f"from: {message.sender}    kind: {message.kind.value}    "
+                  f"priority: {message.priority.value}"]
+        if message.task_id:
+            task = tasks.get(message.task_id)
+            attempt = f" (attempt {task.attempt})" if task else ""
+            lines.append(f"task id: {message.task_id}{attempt}")
+        if message.reply_to:
+            lines.append(f"in reply to: {message.reply_to}")
+        lines += ["", message.body.rstrip()]
+    lines += ["", "--- end of messages ---", "", *how_to_finish(messages)]
+    return "\n".join(lines) + "\n"
+
+
+def how_to_finish(messages: Sequence[Message]) -> list[str]:
+    lines = ["How to answer and finish:"]
+    if any(m.kind == MessageKind.TASK and m.task_id for m in messages):
+        lines += [
+            "- Do each task in this directory. Then report it exactly once, with its task id:",
+            '    MCP tool: task_done(task_id="<task id>", result="<what you did, briefly>")',
+            '    if you cannot do it: task_failed(task_id="<task id>", error="<why>")',
+            '    without MCP, run: tt task done <task id> "<result>"  /  '
+            'tt task fail <task id> "<error>"',
+            "- If you exit without reporting, the runner reports for you: completed with the end "
+            "of your output when you exit 0, failed when you exit non-zero.",
+        ]
+    if any(m.kind in (MessageKind.QUERY, MessageKind.CUSTOM) for m in messages):
+        lines += [
+            "- Answer a query to its sender: send_message(to=\"<from>\", body=\"<answer>\", "
+            "reply_to=\"<message id>\")",
+            '    without MCP, run: tt send <from> "<answer>"',
+        ]
+    lines += [
+        "- Tell another agent something: send_message(to=\"<name>\", body=\"...\") "
+        "(`list_agents` shows who is here; to=\"all\" reaches everyone).",
+        "- These messages are already delivered to you: do not wait for more with `receive`. "
+        "Finish, then exit; the runner starts your next round when new messages arrive.",
+    ]
+    return lines
+
+
+def render_prime(
+    agent: Agent,
+    town: str,
+    root: Path | None,
+    current: Task | None,
+    counts: InboxCounts,
+) -> str:
+    """Short onboarding for a Claude Code session (SessionStart hook): identity, task, mail."""
+    where = f" (directory {root})" if root else ""
+    lines = [f"# Tinytown: you are {_who(agent)} in town {town!r}{where}"]
+    if agent.name == CONDUCTOR:
+        lines += [
+            "You are the conductor: you assign work and watch the town.",
+            "- assign: MCP `assign_task(description, agent)` or `tt assign AGENT \"...\"`; "
+            "no agent puts it in the backlog.",
+            "- watch: `town_status` / `tt status`; results arrive as task_done/task_failed "
+            "messages in your inbox (`receive`, `tt inbox`).",
+            "- agents: `spawn_agent(name, cli)` / `tt spawn NAME --cli PRESET`, "
+            "`kill_agent(name)` / `tt kill NAME`.",
+        ]
+    else:
+        if current is not None:
+            lines.append(
+                f"Current task: {current.id} ({current.state.value}, attempt {current.attempt}): "
+                f"{_clip(current.description)}"
+            )
+        else:
+            lines.append("Current task: none.")
+        lines += [
+            "How to work: MCP `receive` (or `tt receive`) gets your messages; do the work; "
+            "finish a task with `task_done(task_id, result)` (`tt task done ID RESULT`) or "
+            "`task_failed(task_id, error)`; talk with `send_message(to, body)`; then "
+            "`receive` again.",
+        ]
+    mail = f"Inbox: {counts.pending} pending"
+    if counts.urgent:
+        mail += f" ({counts.urgent} urgent, read those first)"
+    if counts.in_flight:
+        mail += f", {counts.in_flight} received but not acknowledged"
+    lines.append(mail + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,498 @@
+"""The runner: the process that drives one spawned agent (SPEC 5).
+
+``tt agent run NAME`` (started detached by :meth:`Town.spawn_agent`) holds the agent's
+lock, takes over its mailbox and loops:
+
+1. blocking receive (in slices, so heartbeats, pauses and stops are noticed);
+2. a batch with actionable messages (``task``, ``query``, ``custom``) is one *round*: the
+   preset's CLI runs once with a prompt listing the messages, in the town directory, with
+   ``TINYTOWN_TOWN``, ``TINYTOWN_AGENT``, ``TINYTOWN_TASK_ID`` (one task) and
+   ``TINYTOWN_MCP_CONFIG``; its output goes to ``.tt/logs/<name>.round-<n>.log``;
+   heartbeats continue meanwhile;
+3. after the CLI exits, a task of the round still ``running`` (same attempt) is completed
+   with the output tail (exit 0) or failed with it (non-zero) — a CLI that reported through
+   MCP or ``tt`` already finished it — then the round's messages are acknowledged;
+4. a batch of only ``info``/``ack``/notices is acknowledged without a run.
+
+Signals: SIGTERM or SIGINT stop the runner after the current round (``tt kill``).  When the
+round's CLI is killed by a signal while a stop is pending (``tt kill --now`` signals the whole
+process group), the round is abandoned: its messages stay in flight and its tasks running,
+and the killer recovers them.  ``max_rounds`` and ``idle_timeout_s`` end the loop.  On every
+way out the agent is left ``stopped`` (``error`` after a crash, logged with the traceback).
+
+Sessions: a CLI that connects to ``tinytown-mcp`` opens its own session for the same agent,
+which takes over the mailbox (the round's messages come back to the inbox for it to
+``receive``).  After each round the runner takes the mailbox back; messages it already handled
+that come back are acknowledged without a second round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import Process
+
+from tinytown.config import TownPaths
+from tinytown.errors import Conflict, Invalid, NotFound, TinytownError
+from tinytown.models import AgentState, Message, MessageKind, Task, TaskState, normalise_agent_name
+from tinytown.presets import Preset, RoundInputs, resolve_preset, round_env
+from tinytown.processes import RunnerLock, lock_path, round_log_path
+from tinytown.prompting import render_round_prompt
+
+if TYPE_CHECKING:
+    from tinytown.town import Town
+
+log = logging.getLogger("tinytown.runner")
+
+RECEIVE_SLICE_S = 10.0
+HEARTBEAT_EVERY_S = 5.0
+BATCH = 10
+TAIL_BYTES = 2048
+HANDLED_MEMORY = 1000
+
+
+@dataclass
+class RoundResult:
+    number: int
+    exit_code: int
+    interrupted: bool
+    log: Path
+    log_offset: int  # where this round's output starts in the log
+
+
+class Runner:
+    """The loop of one agent's runner.  :meth:`run` returns when the runner should exit."""
+
+    def __init__(
+        self,
+        town: Town,
+        name: str,
+        *,
+        max_rounds: int | None = None,
+        idle_timeout_s: float | None = None,
+        receive_slice_s: float = RECEIVE_SLICE_S,
+        heartbeat_every_s: float = HEARTBEAT_EVERY_S,
+    ) -> None:
+        if town.paths is None:
+            raise Invalid("a runner needs a town directory (for its logs and MCP config)")
+        self.town = town
+        self.paths: TownPaths = town.paths
+        self.name = name
+        self.max_rounds = max_rounds
+        self.idle_timeout_s = idle_timeout_s if idle_timeout_s is not None else town.config.idle_timeout_s
+        self.receive_slice_s = receive_slice_s
+        self.heartbeat_every_s = heartbeat_every_s
+        self.rounds = 0
+        self.stop_requested = False
+        self.stop_reason = ""
+        self._pause_requested = False
+        self._idle_scope: anyio.CancelScope | None = None
+        self._changed: anyio.Event | None = None
+        self._session = ""
+        self._handled: OrderedDict[str, None] = OrderedDict()
+        self._preset: Preset | None = None
+
+    # ----------------------------------------------------------------- outer shell
+
+    async def run(self) -> AgentState:
+        """Run until stopped; leave the agent ``stopped`` (or ``error``) and return that state."""
+        final = AgentState.STOPPED
+        try:
+            agent = await self.town.get_agent(self.name)
+            if agent.cli is None:
+                raise Invalid(f"agent {self.name} was attached, not spawned: it has no CLI preset to run")
+            self._preset = resolve_preset(self.town.config, agent.cli)
+            self._preset.locate()
+            if self.max_rounds is None:
+                self.max_rounds = agent.max_rounds
+            after = await self.town.channel.last_event_id()
+            await self.town.update_agent(self.name, pid=os.getpid())
+            agent, self._session, requeued = await self.town.open_session(self.name, attach=False)
+            log.info("runner of %s started (pid %d, preset %s, %d message(s) requeued)",
+                     self.name, os.getpid(), agent.cli, requeued)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals)
+                tg.start_soon(self._watch_events, after)
+                try:
+                    await self._loop()
+                finally:
+                    tg.cancel_scope.cancel()
+        except TinytownError as error:
+            log.error("runner of %s stops: %s", self.name, error)
+            final = AgentState.ERROR
+            raise
+        except Exception:
+            log.exception("runner of %s crashed", self.name)
+            final = AgentState.ERROR
+            raise
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self._leave(final)
+        log.info("runner of %s stopped after %d round(s)%s", self.name, self.rounds,
+                 f": {self.stop_reason}" if self.stop_reason else "")
+        return final
+
+    async def _leave(self, final: AgentState) -> None:
+        """The agent no longer claims this process: ``stopped``/``error``, no pid, no session."""
+        try:
+            agent = await self.town.get_agent(self.name)
+            fields: dict[str, Any] = {"state": final, "pid": None}
+            if agent.session == self._session:
+                fields["session"] = None
+            await self.town.update_agent(self.name, **fields)
+        except TinytownError as error:
+            log.warning("could not mark %s %s: %s", self.name, final.value, error)
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_requested = True
+        self.stop_reason = self.stop_reason or reason
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("runner of %s got %s: stopping after this round",
+                         self.name, signal.Signals(signum).name)
+                self.request_stop(f"signal {signal.Signals(signum).name}")
+
+    async def _watch_events(self, after: str) -> None:
+        """Wake the idle loop when this agent is paused, resumed or removed."""
+        async for event in self.town.follow(after=after, block_s=self.receive_slice_s):
+            if event.data.get("agent") != self.name:
+                continue
+            if event.type == "agent.paused":
+                self._pause_requested = True
+                self._wake()
+            elif event.type == "agent.idle" and event.data.get("previous") == "paused":
+                self._pause_requested = False  # resumed
+                self._wake()
+            elif event.type in ("agent.stopped", "agent.error", "agent.pruned"):
+                self.request_stop(f"the agent was marked {event.type.removeprefix('agent.')}")
+
+    # ----------------------------------------------------------------- the loop
+
+    async def _loop(self) -> None:
+        idle_since = time.monotonic()
+        while not self.stop_requested:
+            if self.max_rounds is not None and self.rounds >= self.max_rounds:
+                self.stop_reason = f"max_rounds ({self.max_rounds}) reached"
+                return
+            agent = await self.town.get_agent(self.name)
+            if agent.state in (AgentState.STOPPED, AgentState.ERROR):
+                self.stop_reason = f"the agent was marked {agent.state.value}"
+                return
+            self._pause_requested = False
+            if agent.state == AgentState.PAUSED:
+                await self._wait_while_paused()
+                idle_since = time.monotonic()
+                continue
+            timeout = self.receive_slice_s
+            if self.idle_timeout_s is not None:
+                left = self.idle_timeout_s - (time.monotonic() - idle_since)
+                if left <= 0:
+                    self.stop_reason = f"idle for {self.idle_timeout_s:g} s"
+                    return
+                timeout = min(timeout, left)
+            messages = await self._receive(timeout)
+            if not messages:
+                continue
+            if self._pause_requested or self.stop_requested:
+                # a pause or stop raced the receive: the batch goes back, and the pause the
+                # receive may have overwritten (a delivered task marks the agent working) stands
+                await self.town.requeue_in_flight(self.name)
+                if self._pause_requested:
+                    with contextlib.suppress(Conflict):
+                        await self.town.update_agent(
+                            self.name, expect_state=[AgentState.WORKING, AgentState.IDLE],
+                            state=AgentState.PAUSED,
+                        )
+                continue
+            if await self._handle(messages):
+                idle_since = time.monotonic()
+
+    async def _receive(self, timeout_s: float) -> list[Message]:
+        """One receive slice; a pause or stop interrupts it (anything popped is requeued)."""
+        with anyio.CancelScope() as scope:
+            self._idle_scope = scope
+            if self.stop_requested or self._pause_requested:
+                scope.cancel()
+            try:
+                got = await self.town.receive(
+                    self.name, timeout_s=timeout_s, max_messages=BATCH, session=self._session,
+                    ack_previous=False,
+                )
+                return got.messages
+            except Conflict as error:
+                self.request_stop(f"another session took over the mailbox ({error.message})")
+                return []
+            finally:
+                self._idle_scope = None
+        await self.town.requeue_in_flight(self.name)
+        return []
+
+    async def _wait_while_paused(self) -> None:
+        log.info("%s is paused; waiting for resume", self.name)
+        while not self.stop_requested:
+            self._changed = anyio.Event()
+            agent = await self.town.get_agent(self.name)
+            if agent.state != AgentState.PAUSED:
+                log.info("%s resumed", self.name)
+                return
+            with anyio.move_on_after(self.receive_slice_s):
+                await self._changed.wait()
+            await self.town.heartbeat(self.name)
+
+    # ----------------------------------------------------------------- a batch
+
+    async def _handle(self, messages: Sequence[Message]) -> bool:
+        """Run a round for the batch if it is actionable, else acknowledge it.  True: ran."""
+        agent = await self.town.get_agent(self.name)
+        shown: list[Message] = []
+        tasks: dict[str, Task] = {}
+        actionable = False
+        for message in messages:
+            if message.id in self._handled:
+                continue  # came back after the round's CLI session took the mailbox over
+            if message.kind == MessageKind.TASK and message.task_id:
+                task = await self._live_task(message.task_id, agent.id)
+                if task is None:
+                    log.info("%s: task %s of message %s is no longer this agent's; acknowledged",
+                             self.name, message.task_id, message.id)
+                    continue
+                tasks[task.id] = task
+            actionable = actionable or message.kind.actionable
+            shown.append(message)
+        ids = [m.id for m in messages]
+        if not actionable:
+            await self.town.ack(self.name, ids)
+            self._remember(ids)
+            return False
+        result = await self._round(shown, tasks)
+        if result.interrupted:
+            self.stop_reason = f"round {result.number} interrupted"
+            return True
+        await self._settle_tasks(tasks, result)
+        await self.town.ack(self.name, ids)
+        self._remember(ids)
+        await self._after_round()
+        return True
+
+    async def _live_task(self, task_id: str, agent_id: str) -> Task | None:
+        try:
+            task = await self.town.get_task(task_id)
+        except NotFound:
+            return None
+        if task.assigned_to != agent_id or task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
+            return None
+        return task
+
+    def _remember(self, ids: Sequence[str]) -> None:
+        for mid in ids:
+            self._handled[mid] = None
+        while len(self._handled) > HANDLED_MEMORY:
+            self._handled.popitem(last=False)
+
+    async def _settle_tasks(self, tasks: Mapping[str, Task], result: RoundResult) -> None:
+        """A task the CLI left ``running`` is finished by the exit code, with the output tail."""
+        tail = read_tail(result.log, start=result.log_offset)
+        preset = self._preset.name if self._preset else "the CLI"
+        for task_id, started in tasks.items():
+            task = await self.town.get_task(task_id)
+            if task.state != TaskState.RUNNING or task.attempt != started.attempt:
+                continue  # the CLI reported it (or it was cancelled or reassigned)
+            try:
+                if result.exit_code == 0:
+                    await self.town.complete_task(
+                        task_id, tail or f"{preset} exited 0 without output", by=self.name,
+                        attempt=started.attempt,
+                    )
+                else:
+                    error = f"{preset} exited with code {result.exit_code}"
+                    await self.town.fail_task(
+                        task_id, f"{error}:\n{tail}" if tail else error, by=self.name,
+                        attempt=started.attempt,
+                    )
+            except Conflict:
+                pass  # reported meanwhile: the CLI's own report stands
+
+    async def _after_round(self) -> None:
+        self.rounds += 1
+        agent = await self.town.get_agent(self.name)
+        fields: dict[str, Any] = {"rounds_completed": agent.rounds_completed + 1}
+        await self.town.update_agent(self.name, **fields)
+        try:
+            await self.town.update_agent(
+                self.name, expect_state=[AgentState.WORKING, AgentState.IDLE], state=AgentState.IDLE
+            )
+        except Conflict:
+            pass  # paused (or stopped) during the round: keep that
+        agent = await self.town.get_agent(self.name)
+        if agent.session != self._session:
+            _agent, self._session, requeued = await self.town.open_session(self.name, attach=False)
+            if requeued:
+                log.info("%s: %d message(s) the round's session left unacknowledged are back",
+                         self.name, requeued)
+
+    # ----------------------------------------------------------------- a round
+
+    async def _round(self, messages: Sequence[Message], tasks: Mapping[str, Task]) -> RoundResult:
+        from tinytown.mcp_config import write_agent_mcp_config
+
+        assert self._preset is not None
+        preset = self._preset
+        agent = await self.town.get_agent(self.name)
+        number = agent.rounds_completed + 1
+        task_ids = list(tasks)
+        fields: dict[str, Any] = {"state": AgentState.WORKING}
+        if task_ids:
+            fields["current_task"] = task_ids[0]
+        agent = await self.town.update_agent(self.name, **fields)
+        prompt = render_round_prompt(agent, self.town.name, self.paths.root, messages, tasks)
+        prompt_file = self.paths.logs / f"{self.name}.round-{number}.prompt.md"
+        prompt_file.parent.mkdir(parents=True, exist_ok=True)
+        prompt_file.write_text(prompt, encoding="utf-8")
+        mcp_config = write_agent_mcp_config(self.paths, self.name)
+        inputs = RoundInputs(prompt=prompt, prompt_file=prompt_file, mcp_config=mcp_config,
+                             agent=self.name, town=self.paths.root)
+        argv = preset.argv(inputs, _tinytown_server(mcp_config))
+        env = round_env(os.environ, preset, {
+            "TINYTOWN_TOWN": str(self.paths.root),
+            "TINYTOWN_AGENT": self.name,
+            "TINYTOWN_TASK_ID": task_ids[0] if len(task_ids) == 1 else None,
+            "TINYTOWN_MCP_CONFIG": str(mcp_config),
+        })
+        log_path = round_log_path(self.paths, self.name, number)
+        log.info("%s round %d: %d message(s), task(s) %s; %s (log %s)", self.name, number,
+                 len(messages), ", ".join(task_ids) or "none", preset.name, log_path)
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        exit_code = await self._run_cli(argv, preset.stdin(prompt), env, log_path)
+        interrupted = self.stop_requested and exit_code < 0
+        log.info("%s round %d: %s exited with %d%s", self.name, number, preset.name, exit_code,
+                 " (interrupted by a stop)" if interrupted else "")
+        return RoundResult(number, exit_code, interrupted, log_path, offset)
+
+    async def _run_cli(
+        self, argv: list[str], stdin: bytes | None, env: dict[str, str], log_path: Path
+    ) -> int:
+        with log_path.open("ab") as out:
+            process = await anyio.open_process(
+                argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, cwd=self.paths.root, env=env,
+            )
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._heartbeats)
+                    if stdin is not None:
+                        tg.start_soon(_feed, process, stdin)
+                    code = await process.wait()
+                    tg.cancel_scope.cancel()
+            finally:
+                if process.returncode is None:  # the runner itself is going down
+                    process.kill()
+                    with anyio.CancelScope(shield=True):
+                        await process.wait()
+        return code
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat_every_s)
+            try:
+                await self.town.heartbeat(self.name)
+            except TinytownError as error:
+                log.warning("heartbeat of %s failed: %s", self.name, error)
+
+
+async def _feed(process: Process, data: bytes) -> None:
+    """Write the prompt to the CLI's stdin and close it (a CLI may exit without reading)."""
+    assert process.stdin is not None
+    try:
+        await process.stdin.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass
+    finally:
+        try:
+            await process.stdin.aclose()
+        except (anyio.BrokenResourceError, OSError):
+            pass
+
+
+def _tinytown_server(mcp_config: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(mcp_config.read_text(encoding="utf-8"))
+        server = data["mcpServers"]["tinytown"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return server if isinstance(server, dict) else {}
+
+
+def read_tail(path: Path, limit: int = TAIL_BYTES, start: int = 0) -> str:
+    """The last ``limit`` bytes of a log after offset ``start``, as text, trimmed."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(start, size - limit))
+            data = f.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace").strip()
+
+
+def configure_runner_logging(level: int = logging.INFO) -> None:
+    """Timestamped lines on stderr (``spawn`` sends them to ``.tt/logs/<name>.runner.log``)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("tinytown").setLevel(level)
+
+
+async def run_agent(
+    town_path: Path | str | None,
+    name: str,
+    *,
+    max_rounds: int | None = None,
+    idle_timeout_s: float | None = None,
+) -> AgentState:
+    """The body of ``tt agent run NAME``: lock, open the town, run, release.
+
+    Raises:
+        Conflict: another runner holds this agent's lock (nothing is changed).
+        NotFound, Invalid, Unavailable: no such agent or town, a preset that cannot run,
+            Redis down.
+    """
+    from tinytown.config import find_town_root
+    from tinytown.town import Town
+
+    name = normalise_agent_name(name)
+    paths = TownPaths(find_town_root(town_path))
+    lock = RunnerLock(lock_path(paths, name))
+    lock.acquire(name)
+    try:
+        town = await Town.open(paths.root)
+        try:
+            runner = Runner(town, name, max_rounds=max_rounds, idle_timeout_s=idle_timeout_s)
+            return await runner.run()
+        finally:
+            await town.close()
+    finally:
+        lock.release()

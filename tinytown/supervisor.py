@@ -1,0 +1,418 @@
+"""Spawned agents' lifecycle: spawn, kill, restart, pause/resume, wait, prune, recover.
+
+:class:`LifecycleOps` is part of :class:`tinytown.town.Town` (a mixin, like the tasks), so the
+CLI and the MCP tools ``spawn_agent``/``kill_agent`` share these methods.
+
+A spawned agent is driven by a detached runner process (``tt agent run NAME``, see
+:mod:`tinytown.runner`) in its own session and process group, started here with its output in
+``.tt/logs/<name>.runner.log``.  Whether a runner lives is decided by its lock file
+(:mod:`tinytown.processes`), never by a bare pid, so "agent state never claims a process
+that is gone" can be checked and repaired: :meth:`recover` does it for the whole town,
+:meth:`kill_agent` and :meth:`wait_agent` for the agent at hand.
+
+Who may do what: the conductor may spawn, kill, restart, pause and resume any agent; any other
+agent may spawn agents, and act on itself or on agents it spawned (``spawned_by``).
+
+Signals (local: runners live on the machine that holds the town directory): ``kill`` sends
+SIGTERM to the runner alone, which stops after its current round (the round's CLI shares the
+runner's process group and is not interrupted); ``kill --now`` signals the whole group, so
+the CLI goes too and the round's work is recovered; a runner still there after ``timeout_s``
+gets SIGKILL (the group) and is recovered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from pydantic import BaseModel
+
+from tinytown.errors import Conflict, Forbidden, Invalid, NotFound
+from tinytown.models import CONDUCTOR, Agent, AgentState, InboxCounts, Task, normalise_agent_name
+from tinytown.presets import Preset, resolve_preset
+from tinytown.processes import lock_holder, lock_path, runner_log_path, signal_process, wait_exit
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tinytown.channel import Channel
+    from tinytown.config import TownConfig, TownPaths
+    from tinytown.models import Message
+
+T = TypeVar("T")
+
+START_TIMEOUT_S = 30.0
+GONE_STATES = (AgentState.STOPPED, AgentState.ERROR)
+
+
+class RecoverReport(BaseModel):
+    """What :meth:`LifecycleOps.recover` changed."""
+
+    stopped: list[str] = []
+    requeued: dict[str, int] = {}
+    reclaimed: list[dict[str, str | None]] = []
+
+
+class Primer(BaseModel):
+    """What ``tt prime`` tells an agent about itself."""
+
+    agent: Agent
+    town: str
+    root: str | None
+    current_task: Task | None
+    inbox: InboxCounts
+
+
+class LifecycleOps:
+    """The process half of :class:`~tinytown.town.Town`."""
+
+    if TYPE_CHECKING:
+        config: TownConfig
+        paths: TownPaths | None
+        channel: Channel
+
+        @property
+        def name(self) -> str: ...
+        async def get_agent(self, name: str) -> Agent: ...
+        async def list_agents(self, state: AgentState | str | None = None) -> list[Agent]: ...
+        def validate_agent_name(self, name: str) -> str: ...
+        async def register_agent(
+            self, name: str, *, cli: str | None = None, role: str | None = None,
+            nickname: str | None = None, state: AgentState = AgentState.IDLE,
+            max_rounds: int | None = None, spawned_by: str | None = None, exist_ok: bool = False,
+        ) -> Agent: ...
+        async def update_agent(
+            self, name: str, *, expect_state: Sequence[AgentState] | None = None, **fields: Any
+        ) -> Agent: ...
+        async def delete_agent(self, name: str) -> None: ...
+        async def requeue_in_flight(self, agent: str) -> int: ...
+        async def in_flight(self, agent: str) -> list[Message]: ...
+        async def inbox_counts(self, agent: str) -> InboxCounts: ...
+        async def reclaim_tasks(self, agent: str, to: str | None = None) -> list[Task]: ...
+        async def get_task(self, task_id: str) -> Task: ...
+        async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T: ...
+
+    # ----------------------------------------------------------------- helpers
+
+    def _town_paths(self) -> TownPaths:
+        if self.paths is None:
+            raise Invalid("spawned agents need a town directory (for their logs, locks and MCP config)")
+        return self.paths
+
+    def runner_pid(self, agent: Agent) -> int | None:
+        """The pid of the live runner of ``agent`` (None: none runs; 0: starting up)."""
+        if agent.cli is None or self.paths is None:
+            return None
+        return lock_holder(lock_path(self.paths, agent.name))
+
+    def runner_known_gone(self, agent: Agent) -> bool:
+        """A spawned agent whose runner, started from this town directory, has ended."""
+        if agent.cli is None or self.paths is None or agent.state == AgentState.STARTING:
+            return False
+        lock = lock_path(self.paths, agent.name)
+        return lock.exists() and lock_holder(lock) is None
+
+    async def _caller_may(self, by: str, agent: Agent, action: str) -> Agent:
+        caller = await self.get_agent(by)
+        if caller.name in (CONDUCTOR, agent.name) or agent.spawned_by == caller.name:
+            return caller
+        raise Forbidden(
+            f"{caller.name} may not {action} {agent.name}: only the conductor, {agent.name} itself"
+            f"{f' or {agent.spawned_by}, which spawned it' if agent.spawned_by else ''} can"
+        )
+
+    async def _lifecycle_target(self, name: str, by: str, action: str) -> Agent:
+        agent = await self.get_agent(name)
+        if agent.name == CONDUCTOR:
+            raise Invalid("the conductor is the human's mailbox; it has no runner to " + action)
+        await self._caller_may(by, agent, action)
+        return agent
+
+    # ----------------------------------------------------------------- spawn
+
+    async def spawn_agent(
+        self,
+        name: str,
+        *,
+        cli: str | None = None,
+        role: str | None = None,
+        nickname: str | None = None,
+        max_rounds: int | None = None,
+        by: str = CONDUCTOR,
+    ) -> Agent:
+        """Register an agent and start its runner for CLI preset ``cli`` (default: the town's
+        ``default_cli``).  Returns once the runner is up (``idle``), or ``error`` if it died.
+
+        Everything is checked before anything is written, so a refused spawn leaves nothing.
+
+        Raises:
+            Invalid: a bad or reserved name, an unknown preset (the message lists them), a
+                preset whose program is not on PATH, ``max_rounds`` < 1.
+            Conflict: the name is taken.
+            NotFound: ``by`` is not an agent.
+        """
+        caller = await self.get_agent(by)
+        key = self.validate_agent_name(name)
+        preset = resolve_preset(self.config, cli)
+        preset.locate()
+        self._town_paths()
+        if max_rounds is not None and max_rounds < 1:
+            raise Invalid("max_rounds must be at least 1 (leave it out for no limit)")
+        await self.register_agent(
+            key, cli=preset.name, role=role, nickname=nickname, state=AgentState.STARTING,
+            max_rounds=max_rounds, spawned_by=caller.name,
+        )
+        return await self._start_runner(key, preset)
+
+    async def _start_runner(self, name: str, preset: Preset) -> Agent:
+        paths = self._town_paths()
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "tinytown.cli.main", "--town", str(paths.root), "agent", "run", name]
+        env = dict(os.environ)
+        env["TINYTOWN_TOWN"] = str(paths.root)
+        for var in ("TINYTOWN_AGENT", "TINYTOWN_TASK_ID", "TINYTOWN_MCP_CONFIG"):
+            env.pop(var, None)
+        if self.config.redis.url:
+            env["REDIS_URL"] = self.config.redis.url  # the runner uses the Redis we use
+        else:
+            env.pop("REDIS_URL", None)
+        after = await self.channel.last_event_id()
+        with runner_log_path(paths, name).open("ab") as out:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=paths.root, env=env, start_new_session=True,
+            )
+        # Reap it when it ends, so a long-lived spawner (MCP server, demo) leaves no zombie.
+        threading.Thread(target=proc.wait, name=f"reap-runner-{name}", daemon=True).start()
+        with contextlib.suppress(Conflict):
+            await self.update_agent(name, expect_state=[AgentState.STARTING], pid=proc.pid)
+        return await self._wait_started(name, proc, after)
+
+    async def _wait_started(
+        self, name: str, proc: subprocess.Popen[bytes], after: str, timeout_s: float = START_TIMEOUT_S
+    ) -> Agent:
+        """Until the runner has taken the agent out of ``starting`` (its ``agent.idle`` event),
+        or died first (then the agent is ``error``)."""
+        deadline = time.monotonic() + timeout_s
+        last = after
+        while True:
+            agent = await self.get_agent(name)
+            if agent.state != AgentState.STARTING:
+                return agent
+            if proc.poll() is not None:
+                with contextlib.suppress(Conflict):
+                    await self.update_agent(name, expect_state=[AgentState.STARTING],
+                                            state=AgentState.ERROR, pid=None)
+                return await self.get_agent(name)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return agent
+            events = await self.channel.wait_events(last, min(remaining, 0.2))
+            if events:
+                last = events[-1].id
+
+    # ----------------------------------------------------------------- kill, restart
+
+    async def kill_agent(
+        self, name: str, *, by: str = CONDUCTOR, now: bool = False, timeout_s: float = 10.0
+    ) -> Agent:
+        """Stop an agent's runner and leave the agent ``stopped``.
+
+        Without ``now`` the runner finishes its current round; with ``now`` the round's CLI is
+        killed too and the round's messages and tasks are recovered (as :meth:`recover`
+        does).  A runner still alive after ``timeout_s`` is killed (SIGKILL) and recovered.
+        An agent stopping itself is signalled and not waited for (it is inside the round).
+
+        Raises:
+            Forbidden: ``by`` is neither the conductor, the agent, nor its spawner.
+            NotFound: no such agent.
+        """
+        agent = await self._lifecycle_target(name, by, "kill")
+        pid = self.runner_pid(agent)
+        if pid == 0:  # its lock is held but its pid not written yet: it is just starting
+            pid = agent.pid
+            if not pid:
+                raise Conflict(f"the runner of {agent.name} is starting; try again in a moment")
+        if pid:
+            if normalise_agent_name(by) == agent.name:
+                signal_process(pid, signal.SIGTERM, group=False)
+                return agent
+            signal_process(pid, signal.SIGTERM, group=now)
+            exited = await anyio.to_thread.run_sync(wait_exit, pid, timeout_s)
+            if not exited:
+                signal_process(pid, signal.SIGKILL, group=True)
+                await anyio.to_thread.run_sync(wait_exit, pid, 5.0)
+            if now or not exited:
+                await self._recover_agent(await self.get_agent(agent.name), None)
+        elif agent.cli is not None and agent.state not in GONE_STATES:
+            await self._recover_agent(agent, None)  # its runner died without a word
+        agent = await self.get_agent(agent.name)
+        if agent.state != AgentState.STOPPED or agent.pid is not None:
+            agent = await self.update_agent(agent.name, state=AgentState.STOPPED, pid=None)
+        return agent
+
+    async def restart_agent(self, name: str, *, by: str = CONDUCTOR, timeout_s: float = 10.0) -> Agent:
+        """Stop the agent's runner (after its round) and start a new one.
+
+        Raises:
+            Invalid: the agent was attached (it has no preset), or its preset cannot run.
+            Forbidden, NotFound: as :meth:`kill_agent`.
+        """
+        agent = await self._lifecycle_target(name, by, "restart")
+        if agent.cli is None:
+            raise Invalid(f"agent {agent.name} was attached, not spawned: there is no runner to restart")
+        preset = resolve_preset(self.config, agent.cli)
+        preset.locate()
+        if self.runner_pid(agent) is not None or agent.state not in GONE_STATES:
+            await self.kill_agent(agent.name, by=CONDUCTOR, timeout_s=timeout_s)
+        await self.update_agent(agent.name, state=AgentState.STARTING)
+        return await self._start_runner(agent.name, preset)
+
+    # ----------------------------------------------------------------- pause, resume, wait
+
+    async def pause_agent(self, name: str, *, by: str = CONDUCTOR) -> Agent:
+        """The runner starts no new round until :meth:`resume_agent`; messages wait in the inbox.
+
+        Raises:
+            Invalid: an attached agent (nothing runs it that could pause).
+            Conflict: the agent is stopped.
+        """
+        agent = await self._lifecycle_target(name, by, "pause")
+        if agent.cli is None:
+            raise Invalid(f"agent {agent.name} was attached, not spawned: nothing runs it that could pause")
+        if agent.state == AgentState.PAUSED:
+            return agent
+        if agent.state in GONE_STATES:
+            raise Conflict(f"agent {agent.name} is {agent.state.value}; there is nothing to pause")
+        return await self.update_agent(
+            agent.name, expect_state=[AgentState.STARTING, AgentState.IDLE, AgentState.WORKING],
+            state=AgentState.PAUSED,
+        )
+
+    async def resume_agent(self, name: str, *, by: str = CONDUCTOR) -> Agent:
+        """Let a paused agent's runner take messages again.
+
+        Raises:
+            Conflict: the agent is not paused.
+        """
+        agent = await self._lifecycle_target(name, by, "resume")
+        if agent.state != AgentState.PAUSED:
+            raise Conflict(f"agent {agent.name} is {agent.state.value}, not paused")
+        return await self.update_agent(agent.name, expect_state=[AgentState.PAUSED], state=AgentState.IDLE)
+
+    async def wait_agent(self, name: str, timeout_s: float = 60.0) -> Agent:
+        """Wait until the agent is ``stopped`` or ``error`` (woken by the town's event stream),
+        at most ``timeout_s``; returns the agent as it is then (check its state).
+
+        A spawned agent whose runner is found gone meanwhile is recovered and returned
+        ``stopped``: its state never claims a process that is gone.
+
+        Raises:
+            NotFound: no such agent (or it was pruned while waiting).
+        """
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        last = await self.channel.last_event_id()
+        while True:
+            agent = await self.get_agent(name)
+            if agent.state in GONE_STATES:
+                return agent
+            if self.runner_known_gone(agent):
+                await self._recover_agent(agent, None)
+                return await self.get_agent(agent.name)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return agent
+            # the runner's own ``agent.stopped`` event wakes this; the slice bounds the
+            # liveness check for a runner that died without a word
+            events = await self.channel.wait_events(last, min(remaining, 1.0))
+            if events:
+                last = events[-1].id
+
+    # ----------------------------------------------------------------- prune, recover
+
+    async def prune(self) -> list[str]:
+        """Delete every stopped (or errored) agent and its keys; returns their names.
+
+        An agent whose runner is still finishing is left for the next prune.
+        """
+        pruned = []
+        for agent in await self.list_agents():
+            if agent.name == CONDUCTOR or agent.state not in GONE_STATES or self.runner_pid(agent):
+                continue
+            try:
+                await self.delete_agent(agent.name)
+            except (Conflict, NotFound):
+                continue  # it changed meanwhile (restarted, or pruned by someone else)
+            pruned.append(agent.name)
+        return pruned
+
+    def _is_gone(self, agent: Agent) -> bool:
+        if agent.name == CONDUCTOR:
+            return False
+        if agent.state in GONE_STATES or agent.is_stale(self.config.stale_after_s):
+            return True
+        return self.runner_known_gone(agent)
+
+    async def recover(self, to: str | None = None) -> RecoverReport:
+        """Repair the town after crashes: every gone agent (stale, ``error``, ``stopped``, or a
+        spawned agent whose runner has ended) is marked ``stopped`` (``error`` stays), its
+        in-flight messages go back to its inbox, its unfinished tasks back to the backlog — or
+        to agent ``to``.
+
+        Raises:
+            NotFound: no agent ``to``.
+            Invalid: ``to`` is itself gone.
+        """
+        target = None
+        if to is not None:
+            target = await self.get_agent(to)
+            if self._is_gone(target):
+                raise Invalid(
+                    f"agent {target.name} is {target.state.value} or stale; recover to a live agent"
+                )
+        report = RecoverReport()
+        for agent in await self.list_agents():
+            if not self._is_gone(agent) or (target is not None and agent.id == target.id):
+                continue
+            await self._recover_agent(agent, target.name if target else None, report)
+        return report
+
+    async def _recover_agent(self, agent: Agent, to: str | None, report: RecoverReport | None = None) -> None:
+        if agent.state not in GONE_STATES:
+            await self.update_agent(agent.name, state=AgentState.STOPPED, pid=None)
+            if report is not None:
+                report.stopped.append(agent.name)
+        elif agent.pid is not None and self.runner_pid(agent) is None:
+            await self.update_agent(agent.name, pid=None)
+        requeued = await self.requeue_in_flight(agent.name)
+        moved = await self.reclaim_tasks(agent.name, to)
+        if report is not None:
+            if requeued:
+                report.requeued[agent.name] = requeued
+            report.reclaimed += [{"task_id": t.id, "from": agent.name, "to": to} for t in moved]
+
+    # ----------------------------------------------------------------- prime
+
+    async def prime(self, name: str) -> Primer:
+        """What an agent session should know when it starts: itself, its task, its mail.
+
+        Raises:
+            NotFound: no such agent.
+        """
+        agent = await self.get_agent(name)
+        task = None
+        if agent.current_task:
+            with contextlib.suppress(NotFound):
+                task = await self.get_task(agent.current_task)
+        return Primer(
+            agent=agent, town=self.name, root=str(self.paths.root) if self.paths else None,
+            current_task=task, inbox=await self.inbox_counts(agent.name),
+        )
