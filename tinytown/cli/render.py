@@ -207,8 +207,9 @@ def task_parts(task: Task, names: dict[str, str]) -> list[Part]:
     parts: list[Part] = [table, "description:", _indent(task.description)]
     if task.result is not None:
         parts += ["result:", _indent(task.result)]
-    if task.error is not None:
-        parts += ["error:", _indent(task.error)]
+    if task.error is not None:  # a cancelled task keeps its reason in the error field
+        label = "reason:" if task.state.value == "cancelled" else "error:"
+        parts += [label, _indent(task.error)]
     return parts
 
 
