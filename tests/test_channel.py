@@ -324,16 +324,16 @@ async def test_an_overdue_in_flight_message_is_redelivered(town: Town) -> None:
 async def test_an_agent_that_heartbeats_keeps_its_overdue_batch_until_it_falls_silent(
     town: Town,
 ) -> None:
-    quick = _town_like(town, redelivery_after_s=0.3)
+    quick = _town_like(town, redelivery_after_s=0.15)
     await _agents(quick, "bob", "carol")
     await quick.send("conductor", "bob", "long job")
     await quick.receive("bob", timeout_s=0)
 
-    await anyio.sleep(0.35)  # overdue, but bob is still alive and says so
+    await anyio.sleep(0.2)  # overdue, but bob is still alive and says so
     await quick.heartbeat("bob")
     await quick.receive("carol", timeout_s=0)  # any receive runs the redelivery
     kept = await quick.inbox_counts("bob")
-    await anyio.sleep(0.35)  # now bob has been silent for the whole window
+    await anyio.sleep(0.2)  # now bob has been silent for the whole window
     await quick.receive("carol", timeout_s=0)
     back = await quick.inbox_counts("bob")
 
