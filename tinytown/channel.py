@@ -24,13 +24,14 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from tinytown.errors import translate_redis_error, wrap_redis_errors
+from tinytown.errors import Unavailable, translate_redis_error, wrap_redis_errors
 from tinytown.keys import Keys
 from tinytown.models import PRIORITY_ORDER, Event, InboxCounts, Message, now_ms
 from tinytown.scripts import TOWN_LUA
 
 EVENTS_MAXLEN = 10_000
 PROGRESS_EVERY_S = 10.0
+SCRIPT_GRACE_S = 10.0  # longest a shielded receive script may take
 
 ProgressCallback = Callable[[float, float], Awaitable[None]]
 
@@ -135,7 +136,9 @@ class Channel:
         while True:
             # Shielded: a cancel landing while the script runs would drop a batch that Redis
             # already moved to in-flight, and the next receive would ack it unseen (lost).
-            with anyio.CancelScope(shield=True):
+            # Bounded, so a Redis that stopped answering cannot make a receive uncancellable.
+            rows: Any = None
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + SCRIPT_GRACE_S):
                 rows = await self._run(
                     "receive",
                     agent_id,
@@ -145,6 +148,8 @@ class Channel:
                     "1" if ack_previous else "0",
                     EVENTS_MAXLEN,
                 )
+            if rows is None:
+                raise Unavailable(f"Redis did not answer a receive within {SCRIPT_GRACE_S:g} s")
             ack_previous = False
             if rows:
                 received = Received([_message_from_row(row) for row in rows], timed_out=False)
