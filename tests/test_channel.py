@@ -16,8 +16,9 @@ import pytest
 from conftest import make_config, start_redis_server
 from redis.asyncio import Redis
 
+from tinytown import channel as channel_module
 from tinytown.channel import EVENTS_MAXLEN, Received
-from tinytown.errors import Conflict, Invalid, NotFound
+from tinytown.errors import Conflict, Invalid, NotFound, Unavailable
 from tinytown.models import AgentState, MessageKind, Priority
 from tinytown.town import Town
 
@@ -230,6 +231,21 @@ async def test_a_receive_cancelled_while_taking_a_batch_loses_nothing(real_town:
             continue
         got = await real_town.receive("bob", timeout_s=0)
         assert [m.id for m in got.messages] == [sent.message.id]
+
+
+async def test_a_receive_whose_script_gets_no_answer_is_unavailable_not_stuck(
+    real_town: Town, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shield that protects a batch in transit is bounded: a Redis that stops answering
+    (here: paused for writes) yields ``unavailable`` instead of an uncancellable wait."""
+    await _agents(real_town, "bob")
+    monkeypatch.setattr(channel_module, "SCRIPT_GRACE_S", 0.2)
+    await real_town.redis.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+    try:
+        with anyio.fail_after(2), pytest.raises(Unavailable, match="did not answer"):
+            await real_town.receive("bob", timeout_s=0)
+    finally:
+        await real_town.redis.execute_command("CLIENT", "UNPAUSE")
 
 
 async def test_progress_is_reported_while_a_receive_waits(real_town: Town) -> None:
