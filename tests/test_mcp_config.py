@@ -1,0 +1,90 @@
+"""MCP client configs (``tinytown.mcp_config``) and ``tt mcp config``.
+
+The generated configs are checked by using them: the command and arguments they name are
+started as an MCP stdio server and answer ``whoami``.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from mcp_support import ok, stdio
+
+from tinytown.config import TownPaths
+from tinytown.mcp_config import client_config, server_command, write_agent_mcp_config
+
+pytestmark = [pytest.mark.anyio]
+
+
+def test_the_command_is_the_installed_script_next_to_this_python() -> None:
+    assert server_command() == [str(Path(sys.executable).parent / "tinytown-mcp")]
+
+
+@pytest.mark.parametrize("client", ["claude", "cursor", "desktop"])
+def test_json_clients_get_an_mcp_servers_entry(
+    tmp_path: Path, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    entry = json.loads(client_config(tmp_path, "alice", client))["mcpServers"]["tinytown"]  # type: ignore[arg-type]
+    assert entry["command"].endswith("tinytown-mcp")
+    assert entry["args"] == ["--town", str(tmp_path.resolve()), "--agent", "alice"]
+    assert entry["env"] == {}
+
+
+def test_codex_gets_a_toml_table_and_a_masked_redis_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@db:6379/0")
+    table = tomllib.loads(client_config(tmp_path, "bob", "codex"))["mcp_servers"]["tinytown"]
+    assert table["args"][-2:] == ["--agent", "bob"]
+    assert table["env"] == {"REDIS_URL": "redis://:****@db:6379/0"}
+
+
+def test_an_unknown_client_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="choose one of claude, codex, cursor, desktop"):
+        client_config(tmp_path, "alice", "vim")  # type: ignore[arg-type]
+
+
+async def test_the_agent_config_file_starts_a_working_server(tt_env: dict[str, str]) -> None:
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", tt_env["REDIS_URL"])
+        path = write_agent_mcp_config(TownPaths(root), "worker")
+    assert path == root / ".tt" / "mcp" / "worker.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    entry = json.loads(path.read_text())["mcpServers"]["tinytown"]
+    assert entry["env"] == {"REDIS_URL": tt_env["REDIS_URL"]}  # the real URL: the runner needs it
+    env = {k: v for k, v in tt_env.items() if k not in ("TINYTOWN_TOWN", "REDIS_URL")}
+    async with stdio({**env, **entry["env"]}, None, command=[entry["command"], *entry["args"]]) as client:
+        me = await ok(client, "whoami")
+    assert me["agent"]["name"] == "worker" and me["root"] == str(root.resolve())
+
+
+def tt(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tinytown.cli.main", *args], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+
+
+def test_tt_mcp_config_prints_a_paste_ready_snippet(tt_env: dict[str, str]) -> None:
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    claude = tt("mcp", "config", "--agent", "Alice", env=tt_env)
+    assert claude.returncode == 0, claude.stderr
+    entry = json.loads(claude.stdout)["mcpServers"]["tinytown"]
+    assert entry["args"] == ["--town", str(root.resolve()), "--agent", "alice"]
+    assert ".mcp.json" in claude.stderr
+    codex = tt("mcp", "config", "--client", "codex", "--json", env={**tt_env, "TINYTOWN_AGENT": "bob"})
+    shown = json.loads(codex.stdout)
+    assert (shown["client"], shown["agent"], shown["town"]) == ("codex", "bob", str(root.resolve()))
+    assert tomllib.loads(shown["config"])["mcp_servers"]["tinytown"]["args"][-1] == "bob"
+    bad = tt("mcp", "config", "--client", "emacs", env=tt_env)
+    assert bad.returncode == 2 and bad.stderr.startswith("tt: invalid: --client")
+    refused = tt("mcp", "config", "--agent", "all", env=tt_env)
+    assert refused.returncode == 1 and "not an agent name" in refused.stderr

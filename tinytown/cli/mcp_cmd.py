@@ -1,0 +1,49 @@
+"""``tt mcp config``: print a ready-to-paste MCP client config for this town.
+
+No Redis and no ``mcp`` import: the config only names the town directory and the agent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run_plain, state
+from tinytown.config import find_town_root
+from tinytown.mcp_config import CLIENTS, WHERE, Client, client_config, secrets_masked, server_entry
+from tinytown.models import AGENT_NAME_RE, CONDUCTOR, normalise_agent_name
+
+mcp_app = typer.Typer(help="Connect MCP clients (Claude Code, Codex, Cursor, Claude Desktop).",
+                      no_args_is_help=True)
+app.add_typer(mcp_app, name="mcp")
+
+
+@mcp_app.command("config")
+def config(
+    ctx: typer.Context,
+    client: Annotated[str, typer.Option(
+        "--client", help=f"Which client the snippet is for: {', '.join(CLIENTS)}.")] = "claude",
+    agent: Annotated[str | None, typer.Option(
+        "--agent", help="The identity the session gets (default: $TINYTOWN_AGENT, else conductor).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Print the MCP server config that connects CLIENT to this town as AGENT."""
+    if client not in CLIENTS:
+        fail(f"invalid: --client must be one of {', '.join(CLIENTS)}, not {client!r}", code=2)
+    name = normalise_agent_name(identity(agent))
+    if name != CONDUCTOR and (not AGENT_NAME_RE.match(name) or name == "all"):
+        fail(f"invalid: {name!r} is not an agent name (1-32 of a-z, 0-9, '_', '-', starting with a letter)")
+    root = run_plain(lambda: find_town_root(state(ctx).town))
+    chosen: Client = client  # type: ignore[assignment]  # checked against CLIENTS above
+    text = client_config(root, name, chosen)
+    if json_out:
+        print_json({
+            "client": chosen, "agent": name, "town": str(root), "where": WHERE[chosen],
+            "server": server_entry(root, name), "config": text,
+        })
+        return
+    typer.echo(text, nl=False)
+    if secrets_masked():
+        typer.echo("tt: the Redis password is masked above; replace **** with it in REDIS_URL", err=True)
+    typer.echo(f"# paste into {WHERE[chosen]}", err=True)

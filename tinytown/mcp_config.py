@@ -1,0 +1,104 @@
+"""MCP client configs that start ``tinytown-mcp`` for a town and an agent.
+
+Pure (no ``mcp`` import, no Redis): ``tt mcp config`` prints these, and the runner writes
+``.tt/mcp/<agent>.json`` for ``TINYTOWN_MCP_CONFIG``.  The command is the absolute path of
+the ``tinytown-mcp`` script installed next to this Python when it exists (so the config
+works from any directory and any PATH), else ``python -m tinytown_mcp`` with this Python.
+
+``REDIS_URL`` goes into the config's ``env`` only when the town's Redis comes from that
+environment variable: a URL in ``tinytown.toml`` is read by the server itself, and a
+managed Redis needs nothing.  Printed configs mask its password (SPEC 1); the file the
+runner writes keeps it and is readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from tinytown.config import TownPaths, mask_url
+
+Client = Literal["claude", "codex", "cursor", "desktop"]
+CLIENTS: tuple[Client, ...] = ("claude", "codex", "cursor", "desktop")
+SERVER_KEY = "tinytown"
+
+# Where each client reads the snippet from (shown by `tt mcp config`).
+WHERE: dict[Client, str] = {
+    "claude": ".mcp.json in the project root (Claude Code), or: claude mcp add-json tinytown '<the entry>'",
+    "codex": "~/.codex/config.toml (Codex CLI)",
+    "cursor": ".cursor/mcp.json in the project (or ~/.cursor/mcp.json for every project)",
+    "desktop": "claude_desktop_config.json (Claude Desktop: Settings > Developer > Edit Config)",
+}
+
+
+def server_command() -> list[str]:
+    """argv prefix that starts the server with this installation."""
+    script = Path(sys.executable).parent / "tinytown-mcp"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "tinytown_mcp"]
+
+
+def server_env(*, reveal_secrets: bool) -> dict[str, str]:
+    """The environment the server needs beyond its arguments (see module doc)."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return {}
+    return {"REDIS_URL": url if reveal_secrets else (mask_url(url) or url)}
+
+
+def server_entry(root: Path, agent: str, *, reveal_secrets: bool = False) -> dict[str, Any]:
+    """``{"command": ..., "args": [...], "env": {...}}`` for one agent of the town at ``root``."""
+    command, *prefix = server_command()
+    return {
+        "command": command,
+        "args": [*prefix, "--town", str(Path(root).resolve()), "--agent", agent],
+        "env": server_env(reveal_secrets=reveal_secrets),
+    }
+
+
+def client_config(root: Path, agent: str, client: Client = "claude", *, reveal_secrets: bool = False) -> str:
+    """The text to paste into ``client``'s MCP configuration (see :data:`WHERE`).
+
+    Raises:
+        ValueError: an unknown client.
+    """
+    entry = server_entry(root, agent, reveal_secrets=reveal_secrets)
+    if client == "codex":
+        table: dict[str, Any] = {"command": entry["command"], "args": entry["args"]}
+        if entry["env"]:
+            table["env"] = entry["env"]
+        return tomli_w.dumps({"mcp_servers": {SERVER_KEY: table}})
+    if client in ("claude", "cursor", "desktop"):
+        return json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"
+    raise ValueError(f"unknown MCP client {client!r}; choose one of {', '.join(CLIENTS)}")
+
+
+def secrets_masked(reveal_secrets: bool = False) -> bool:
+    """Whether a printed config had to mask a password (the user must put it back)."""
+    url = os.environ.get("REDIS_URL")
+    return bool(url) and not reveal_secrets and mask_url(url) != url
+
+
+def write_agent_mcp_config(paths: TownPaths, agent: str) -> Path:
+    """Write ``.tt/mcp/<agent>.json`` (the ``.mcp.json`` format) and return its path.
+
+    The runner points ``TINYTOWN_MCP_CONFIG`` at it; presets that take a config file get
+    it on their command line (e.g. ``claude --mcp-config``).  Mode 0600: it may hold the
+    Redis password.
+    """
+    directory = paths.mcp_configs
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{agent}.json"
+    text = client_config(paths.root, agent, "claude", reveal_secrets=True)
+    tmp = path.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,98 @@
+"""How one tool call becomes one Town call and one MCP result.
+
+Every tool body is ``await answer(ctx, call)`` where ``call(session)`` awaits a single
+:class:`~tinytown.town.Town` method and returns a JSON-able dict.  :func:`answer` adds the
+caller's ``"inbox": {"pending": N, "urgent": M}``, returns it as structured content plus
+the same JSON as text, and turns a :class:`~tinytown.errors.TinytownError` into an
+``isError`` result whose text starts with the error's stable code.  It is the outermost
+edge of a tool call, so it is also where an unexpected exception is logged with its
+traceback (and reported as ``unavailable``) instead of reaching the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.mcpserver import Context
+from mcp_types import CallToolResult, TextContent
+from pydantic import BaseModel
+
+from tinytown.errors import TinytownError
+from tinytown.town import Town
+
+log = logging.getLogger("tinytown_mcp")
+
+
+@dataclass
+class Session:
+    """One client connection: the town, the caller's fixed identity, its mailbox session.
+
+    ``session_id`` is what :meth:`Town.open_session` returned when the connection
+    started; ``receive`` passes it so a session that was taken over cannot keep reading.
+    """
+
+    town: Town
+    agent: str
+    session_id: str
+    progress_every_s: float = 10.0
+
+
+ToolContext = Context[Session, Any]
+Call = Callable[[Session], Awaitable[dict[str, Any]]]
+
+
+def jsonable(value: Any) -> Any:
+    """Models as their public JSON (a message's sender is ``from``)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+def success(payload: dict[str, Any]) -> CallToolResult:
+    """Structured content plus the same JSON as text (for clients that show only text)."""
+    data = jsonable(payload)
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def failure(error: TinytownError) -> CallToolResult:
+    """``isError`` with text ``"<code>: <sentence>"``."""
+    return CallToolResult(content=[TextContent(type="text", text=str(error))], is_error=True)
+
+
+def unexpected(tool: str) -> CallToolResult:
+    text = (
+        f"unavailable: {tool} failed unexpectedly inside the Tinytown server (details are in its log, "
+        ".tt/logs/mcp-<agent>.log); try again, and tell the conductor if it keeps happening"
+    )
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def session_of(ctx: ToolContext) -> Session:
+    return ctx.request_context.lifespan_context
+
+
+async def answer(ctx: ToolContext, tool: str, call: Call) -> CallToolResult:
+    """Run ``call`` for this connection's session and shape the result (see module doc)."""
+    session = session_of(ctx)
+    try:
+        payload = await call(session)
+        if "inbox" not in payload:
+            counts = await session.town.inbox_counts(session.agent)
+            payload["inbox"] = {"pending": counts.pending, "urgent": counts.urgent}
+    except TinytownError as error:
+        log.info("%s as %s: %s", tool, session.agent, error)
+        return failure(error)
+    except Exception:  # the edge of a tool call: log with the traceback, answer with a code
+        log.exception("%s as %s raised unexpectedly", tool, session.agent)
+        return unexpected(tool)
+    log.debug("%s as %s: ok", tool, session.agent)
+    return success(payload)

@@ -1,0 +1,63 @@
+"""The words a model reads: the server instructions and the two prompts."""
+
+from __future__ import annotations
+
+from tinytown.models import CONDUCTOR
+
+
+def instructions(agent: str, town: str) -> str:
+    """The server's ``instructions``: who the caller is, where, and the one habit that matters."""
+    who = (
+        "the conductor (the human's mailbox: you assign work, answer agents, and may act on any task)"
+        if agent == CONDUCTOR
+        else f"the agent '{agent}'"
+    )
+    return (
+        f"You are {who} in the Tinytown town '{town}', where coding agents work together through "
+        "durable inboxes. Your identity is fixed for this session: tools never ask who you are.\n"
+        "When you have nothing to do, call `receive`: it blocks until a message arrives (timed_out "
+        "just means nothing came yet; call it again). Work arrives as `task` messages with a "
+        "`task_id`; finish each with `task_done` (result) or `task_failed` (error). Answer "
+        "`query` messages with `send_message` (reply_to = the message id). Every result carries "
+        "`inbox.pending`/`inbox.urgent`: when they are non-zero, call `receive` soon. Errors start "
+        "with a code (not_found, invalid, forbidden, conflict, unavailable) and say what to do."
+    )
+
+
+def agent_guide(agent: str, town: str) -> str:
+    return f"""You are agent '{agent}' in the Tinytown town '{town}'.
+
+How you work here, in a loop:
+1. `receive` (timeout_s up to 300). It returns your messages, highest priority first, or
+   `timed_out: true` when nothing arrived; then just call `receive` again.
+2. For each message:
+   - kind `task`: do the work it describes (its `task_id` names the task; `get_task` shows it
+     in full). Then call `task_done(task_id, result)` with what you did, or
+     `task_failed(task_id, error)` with why it cannot be done.
+   - kind `query`: answer with `send_message(to=<its from>, body=..., reply_to=<its id>)`.
+   - kind `info`, `ack`, `task_done`, `task_failed`, `task_cancelled`: read and carry on.
+3. Back to 1. Calling `receive` again acknowledges the batch you were given; if your session
+   dies before that, the messages come back to you (delivery_count goes up).
+
+Other tools: `whoami` (your record and current task), `send_message` (to a name,
+'conductor' for the human, 'all' for everyone), `claim_task` (take work from the backlog),
+`list_tasks`, `town_status`. Every result includes `inbox.pending` / `inbox.urgent`: if they
+are non-zero while you work on something long, look at your mail with `receive`.
+"""
+
+
+def conductor_guide(agent: str, town: str) -> str:
+    return f"""You are '{agent}', the conductor of the Tinytown town '{town}': you split work
+into tasks, hand them to agents and collect the results.
+
+1. `town_status` / `list_agents` show who is there, their state and their inbox.
+2. `spawn_agent(name, cli)` starts a new agent (a runner for a CLI preset such as claude or
+   codex); `kill_agent(name)` stops one.
+3. `assign_task(description, agent)` gives an agent a task (leave `agent` out to put it in the
+   backlog for any agent to `claim_task`). Write descriptions that stand alone.
+4. `receive` waits for results: `task_done` / `task_failed` messages carry the `task_id`;
+   `get_task(task_id)` shows the result or error. Agents' `query` messages expect an answer:
+   `send_message(to, body, reply_to=<message id>)`.
+5. `list_tasks(state=...)` pages through tasks; `cancel_task(task_id, reason)` stops one.
+As the conductor you may finish or cancel any task.
+"""

@@ -1,0 +1,201 @@
+"""The Tinytown MCP server: one town, one agent identity per session, over stdio.
+
+``tinytown-mcp [--town PATH] [--agent NAME]`` (or ``python -m tinytown_mcp``).  The
+identity is ``--agent``, else ``TINYTOWN_AGENT``, else ``conductor``.  Opening the town
+starts its managed Redis when it is down.  When a client connects, the session takes over
+the agent's mailbox (:meth:`Town.open_session`): a missing agent is registered ("attached",
+``cli = null``) and whatever a previous session received but never acknowledged is put back
+at the front of the inbox.  Nothing but protocol goes to stdout: logs go to stderr and to
+``.tt/logs/mcp-<agent>.log``.
+
+Requests of one session run concurrently (the SDK's dispatcher starts a task per
+request), so a ``receive`` blocked in Redis never holds up other tool calls, and a client
+cancelling it interrupts the wait at once; the message stays queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, InputRequiredResult
+from pydantic import ValidationError
+
+import tinytown
+from tinytown.channel import PROGRESS_EVERY_S
+from tinytown.errors import Invalid, TinytownError
+from tinytown.models import CONDUCTOR, normalise_agent_name
+from tinytown.town import Town
+from tinytown_mcp import guides
+from tinytown_mcp.adapter import Session, failure, unexpected
+from tinytown_mcp.arguments import ArgumentGate
+from tinytown_mcp.resources import register_prompts, register_resources
+from tinytown_mcp.tools import catalogue
+
+log = logging.getLogger("tinytown_mcp")
+
+HEARTBEAT_MAX_S = 30.0
+
+
+class TownServer(MCPServer[Session]):
+    """An :class:`MCPServer` bound to one town and one caller identity.
+
+    It differs from a plain MCPServer in one place: :meth:`call_tool` checks the arguments
+    against the tool's published schema first, so bad arguments come back as ``invalid:``
+    (and an unknown tool as ``not_found:``) instead of the SDK's generic text.
+    """
+
+    def __init__(self, town: Town, agent: str, *, progress_every_s: float = PROGRESS_EVERY_S) -> None:
+        self.town = town
+        self.agent = agent
+        self.progress_every_s = progress_every_s
+        tools = catalogue()
+        self.gate = ArgumentGate({tool.name: tool.parameters for tool in tools})
+        super().__init__(
+            name="tinytown", title=f"Tinytown {town.name}", version=tinytown.__version__,
+            instructions=guides.instructions(agent, town.name), tools=tools, lifespan=_lifespan,
+            log_level="WARNING",
+        )
+        register_resources(self, town, agent)
+        register_prompts(self, town, agent)
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Session, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        problem = self.gate.check(name, arguments)
+        if problem is not None:
+            log.info("%s as %s refused: %s", name, self.agent, problem)
+            return failure(problem)
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            # Only argument coercion can get here (tool bodies answer every error themselves).
+            if isinstance(exc.__cause__, ValidationError):
+                fields = sorted({".".join(map(str, e["loc"])) for e in exc.__cause__.errors()})
+                return failure(Invalid(f"{name}: bad value for {', '.join(fields)}"))
+            log.exception("%s as %s raised unexpectedly", name, self.agent)
+            return unexpected(name)
+
+
+def build_server(
+    town: Town, agent: str = CONDUCTOR, *, progress_every_s: float = PROGRESS_EVERY_S
+) -> TownServer:
+    """The MCP server for ``agent`` in ``town`` (the town stays the caller's to close)."""
+    return TownServer(town, normalise_agent_name(agent), progress_every_s=progress_every_s)
+
+
+@asynccontextmanager
+async def _lifespan(server: MCPServer[Session]) -> AsyncIterator[Session]:
+    """One connection = one mailbox session: take over the mailbox, keep the agent fresh."""
+    assert isinstance(server, TownServer)
+    town, name = server.town, server.agent
+    agent, session_id, requeued = await town.open_session(name, attach=True)
+    log.info("session %s for %s in %s (cli=%s); %d unacknowledged message(s) requeued",
+             session_id, agent.name, town.name, agent.cli, requeued)
+    session = Session(town=town, agent=agent.name, session_id=session_id,
+                      progress_every_s=server.progress_every_s)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_heartbeat, town, agent.name, min(HEARTBEAT_MAX_S, town.config.stale_after_s / 3))
+        try:
+            yield session
+        finally:
+            tg.cancel_scope.cancel()
+    log.info("session %s for %s ended", session_id, agent.name)
+
+
+async def _heartbeat(town: Town, agent: str, every_s: float) -> None:
+    """Keep ``last_seen`` fresh while the session lives, so the agent is not shown stale."""
+    while True:
+        await anyio.sleep(every_s)
+        try:
+            await town.heartbeat(agent)
+        except TinytownError as error:
+            log.warning("heartbeat for %s failed: %s", agent, error)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tinytown-mcp", description="Tinytown MCP server over stdio, bound to one agent identity."
+    )
+    parser.add_argument("--town", type=Path, default=None,
+                        help="town directory (default: $TINYTOWN_TOWN, else search upward)")
+    parser.add_argument("--agent", default=None,
+                        help="the caller's identity (default: $TINYTOWN_AGENT, else conductor)")
+    parser.add_argument("--log-level", default=os.environ.get("TINYTOWN_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (stderr and log file)")
+    return parser.parse_args(argv)
+
+
+def configure_logging(level: str) -> None:
+    """stderr only until the town is known (stdout belongs to the protocol)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tinytown-mcp %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("tinytown_mcp").setLevel(level)
+
+
+def log_to_file(town: Town, agent: str) -> Path | None:
+    if town.paths is None:
+        return None
+    path = town.paths.logs / f"mcp-{agent}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return path
+
+
+def resolve_identity(explicit: str | None) -> str:
+    """``--agent``, else ``TINYTOWN_AGENT``, else ``conductor`` (``supervisor`` means conductor)."""
+    return normalise_agent_name(explicit or os.environ.get("TINYTOWN_AGENT") or CONDUCTOR)
+
+
+async def serve(town_path: Path | None, agent: str) -> None:
+    """Open the town (starting its managed Redis if needed) and serve stdio until EOF.
+
+    Raises:
+        Invalid: an identity the town refuses as an agent name (or ``all``).
+        NotFound, Unavailable: no town there, or its Redis cannot be reached or started.
+    """
+    town = await Town.open(town_path)
+    try:
+        if agent != CONDUCTOR:
+            town.validate_agent_name(agent)
+        logfile = log_to_file(town, agent)
+        log.info("tinytown-mcp %s (pid %d) serving %s as %s (Redis %s, log %s)",
+                 tinytown.__version__, os.getpid(), town.name, agent, town.redis_display, logfile)
+        await build_server(town, agent).run_stdio_async()
+    finally:
+        await town.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of ``tinytown-mcp``."""
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        agent = resolve_identity(args.agent)
+        anyio.run(serve, args.town, agent)
+    except TinytownError as error:
+        sys.stderr.write(f"tinytown-mcp: {error}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
