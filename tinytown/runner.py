@@ -214,16 +214,16 @@ class Runner:
             messages = await self._receive(timeout)
             if not messages:
                 continue
-            if self._pause_requested or self.stop_requested:
-                # a pause or stop raced the receive: the batch goes back, and the pause the
-                # receive may have overwritten (a delivered task marks the agent working) stands
+            if self._pause_requested:
+                # a pause raced the receive: the batch goes back, and the pause the receive may
+                # have overwritten (delivering a task marks the agent working) stands.  A stop
+                # that raced it does not: what was received is this runner's last round.
                 await self.town.requeue_in_flight(self.name)
-                if self._pause_requested:
-                    with contextlib.suppress(Conflict):
-                        await self.town.update_agent(
-                            self.name, expect_state=[AgentState.WORKING, AgentState.IDLE],
-                            state=AgentState.PAUSED,
-                        )
+                with contextlib.suppress(Conflict):
+                    await self.town.update_agent(
+                        self.name, expect_state=[AgentState.WORKING, AgentState.IDLE],
+                        state=AgentState.PAUSED,
+                    )
                 continue
             if await self._handle(messages):
                 idle_since = time.monotonic()
@@ -292,7 +292,7 @@ class Runner:
         await self._settle_tasks(tasks, result)
         await self.town.ack(self.name, ids)
         self._remember(ids)
-        await self._after_round()
+        await self._after_round(result)
         return True
 
     async def _live_task(self, task_id: str, agent_id: str) -> Task | None:
@@ -333,11 +333,8 @@ class Runner:
             except Conflict:
                 pass  # reported meanwhile: the CLI's own report stands
 
-    async def _after_round(self) -> None:
+    async def _after_round(self, result: RoundResult) -> None:
         self.rounds += 1
-        agent = await self.town.get_agent(self.name)
-        fields: dict[str, Any] = {"rounds_completed": agent.rounds_completed + 1}
-        await self.town.update_agent(self.name, **fields)
         try:
             await self.town.update_agent(
                 self.name, expect_state=[AgentState.WORKING, AgentState.IDLE], state=AgentState.IDLE
@@ -350,6 +347,7 @@ class Runner:
             if requeued:
                 log.info("%s: %d message(s) the round's session left unacknowledged are back",
                          self.name, requeued)
+        await self.town.count_round(self.name, number=result.number, exit_code=result.exit_code)
 
     # ----------------------------------------------------------------- a round
 
@@ -473,7 +471,7 @@ async def run_agent(
     max_rounds: int | None = None,
     idle_timeout_s: float | None = None,
 ) -> AgentState:
-    """The body of ``tt agent run NAME``: lock, open the town, run, release.
+    """The body of ``tt agent run NAME``: lock, open the town, run.
 
     Raises:
         Conflict: another runner holds this agent's lock (nothing is changed).
@@ -486,13 +484,12 @@ async def run_agent(
     name = normalise_agent_name(name)
     paths = TownPaths(find_town_root(town_path))
     lock = RunnerLock(lock_path(paths, name))
+    # Held until this process exits (the kernel drops it then): "the lock is held" and "the
+    # runner process lives" stay the same fact, which kill, wait and recover rely on.
     lock.acquire(name)
+    town = await Town.open(paths.root)
     try:
-        town = await Town.open(paths.root)
-        try:
-            runner = Runner(town, name, max_rounds=max_rounds, idle_timeout_s=idle_timeout_s)
-            return await runner.run()
-        finally:
-            await town.close()
+        runner = Runner(town, name, max_rounds=max_rounds, idle_timeout_s=idle_timeout_s)
+        return await runner.run()
     finally:
-        lock.release()
+        await town.close()

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from pydantic import BaseModel
 
+from tinytown.channel import Plan
 from tinytown.errors import Conflict, Forbidden, Invalid, NotFound
 from tinytown.models import CONDUCTOR, Agent, AgentState, InboxCounts, Task, normalise_agent_name
 from tinytown.presets import Preset, resolve_preset
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
     from tinytown.channel import Channel
     from tinytown.config import TownConfig, TownPaths
+    from tinytown.keys import Keys
     from tinytown.models import Message
 
 T = TypeVar("T")
@@ -78,6 +80,9 @@ class LifecycleOps:
         config: TownConfig
         paths: TownPaths | None
         channel: Channel
+        keys: Keys
+
+        def _k(self, key: str) -> str: ...
 
         @property
         def name(self) -> str: ...
@@ -309,8 +314,9 @@ class LifecycleOps:
         return await self.update_agent(agent.name, expect_state=[AgentState.PAUSED], state=AgentState.IDLE)
 
     async def wait_agent(self, name: str, timeout_s: float = 60.0) -> Agent:
-        """Wait until the agent is ``stopped`` or ``error`` (woken by the town's event stream),
-        at most ``timeout_s``; returns the agent as it is then (check its state).
+        """Wait until the agent is ``stopped`` or ``error`` (woken by the town's event stream)
+        and its runner process has ended, at most ``timeout_s``; returns the agent as it is
+        then (check its state).
 
         A spawned agent whose runner is found gone meanwhile is recovered and returned
         ``stopped``: its state never claims a process that is gone.
@@ -323,6 +329,9 @@ class LifecycleOps:
         while True:
             agent = await self.get_agent(name)
             if agent.state in GONE_STATES:
+                pid = self.runner_pid(agent)  # stopped, and its process about to end
+                if pid:
+                    await anyio.to_thread.run_sync(wait_exit, pid, max(deadline - time.monotonic(), 0))
                 return agent
             if self.runner_known_gone(agent):
                 await self._recover_agent(agent, None)
@@ -398,6 +407,17 @@ class LifecycleOps:
             if requeued:
                 report.requeued[agent.name] = requeued
             report.reclaimed += [{"task_id": t.id, "from": agent.name, "to": to} for t in moved]
+
+    async def count_round(self, name: str, *, number: int, exit_code: int) -> None:
+        """A runner finished a round: ``rounds_completed`` + 1 and an ``agent.round`` event
+        (``tt history`` shows it; tests and the demo wait on it)."""
+        agent = await self.get_agent(name)
+        plan = Plan()
+        key = self._k(self.keys.agent(agent.id))
+        plan.guard(key, "name", [agent.name], "not_found", f"agent {name} was removed")
+        plan.hincr.append([key, "rounds_completed", 1])
+        plan.event("agent.round", agent=agent.name, round=number, exit_code=exit_code)
+        await self.channel.apply(plan)
 
     # ----------------------------------------------------------------- prime
 

@@ -1,0 +1,149 @@
+"""Helpers for the runner and lifecycle tests: a town directory whose agents are real
+runner processes on the session's real Redis, with a few custom presets, and event waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+
+from tinytown.models import Event, Task
+from tinytown.processes import lock_holder, signal_process, wait_exit
+from tinytown.town import Town
+
+PY = sys.executable
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+# name -> python code run as the preset's CLI (prompt on stdin unless said otherwise)
+PRESETS: dict[str, list[str]] = {
+    # exits non-zero without reporting: the runner fails the task with the output tail
+    "fail": [PY, "-c", "import sys; print('boom: the build broke'); sys.exit(3)"],
+    # exits 0 without reporting: the runner completes the task with the output tail
+    "echo": [PY, "-c", (
+        "import os, pathlib, sys; prompt = sys.stdin.read(); "
+        "print('agent', os.environ['TINYTOWN_AGENT'], 'task', os.environ.get('TINYTOWN_TASK_ID'), "
+        "'cwd', os.getcwd(), 'mcp', pathlib.Path(os.environ['TINYTOWN_MCP_CONFIG']).is_file(), "
+        "'town', os.environ['TINYTOWN_TOWN']); print('prompt lines', len(prompt.splitlines()))"
+    )],
+    # reports through MCP itself (the scripted agent as a custom preset)
+    "callback": [PY, "-m", "tinytown_mcp.scripted_agent"],
+    # a round that takes a while: prints its pid, then sleeps
+    "sleepy": [PY, "-c", "import os, time; print('pid', os.getpid(), flush=True); time.sleep(600)"],
+    # a round of about a second that finishes by itself
+    "brief": [PY, "-c", "import time; time.sleep(1); print('finished after a second')"],
+    # a program that does not exist
+    "ghost": ["tinytown-no-such-program-anywhere"],
+}
+
+
+def write_presets(root: Path, extra: str = "") -> None:
+    lines = [(root / "tinytown.toml").read_text()]
+    for name, command in PRESETS.items():
+        lines.append(f"[agent_clis.{name}]\ncommand = {_toml_list(command)}\n")
+    lines.append('[agent_clis.callback.env]\nTINYTOWN_SCRIPTED_PEERS = ""\n')
+    (root / "tinytown.toml").write_text("\n".join(lines) + extra)
+
+
+@asynccontextmanager
+async def open_spawn_town(env: dict[str, str]) -> AsyncIterator[Town]:
+    """The ``tt_env`` town with the test presets, opened in-process; every runner it leaves
+    is killed afterwards (SIGKILL to its group) so no test leaks processes."""
+    root = Path(env["TINYTOWN_TOWN"])
+    write_presets(root)
+    saved = {k: os.environ.get(k) for k in ("REDIS_URL", "TINYTOWN_TOWN", "TINYTOWN_AGENT")}
+    os.environ["REDIS_URL"] = env["REDIS_URL"]
+    os.environ.pop("TINYTOWN_TOWN", None)
+    os.environ.pop("TINYTOWN_AGENT", None)
+    try:
+        town = await Town.open(root)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        yield town
+    finally:
+        kill_leftover_runners(root)
+        await town.close()
+
+
+def kill_leftover_runners(root: Path) -> None:
+    run_dir = root / ".tt" / "run"
+    for lock in run_dir.glob("*.lock") if run_dir.is_dir() else []:
+        pid = lock_holder(lock)
+        if pid:
+            signal_process(pid, signal.SIGKILL, group=True)
+            wait_exit(pid, 10)
+
+
+async def next_event(
+    town: Town, after: str, match: Callable[[Event], bool], timeout_s: float = 30.0
+) -> Event:
+    """The first event after id ``after`` that ``match``es (bounded by ``timeout_s``)."""
+    with anyio.fail_after(timeout_s):
+        async for event in town.follow(after=after, block_s=1.0):
+            if match(event):
+                return event
+    raise AssertionError("unreachable")
+
+
+async def task_settled(town: Town, task_id: str, after: str, timeout_s: float = 30.0) -> Task:
+    """The task once it is completed, failed or cancelled (woken by its events)."""
+    task = await town.get_task(task_id)
+    if task.state.is_final:
+        return task
+    await next_event(
+        town, after,
+        lambda e: e.type in ("task.completed", "task.failed", "task.cancelled")
+        and e.data.get("task_id") == task_id,
+        timeout_s,
+    )
+    return await town.get_task(task_id)
+
+
+async def round_done(town: Town, agent: str, after: str, timeout_s: float = 30.0) -> Event:
+    """The ``agent.round`` event of the agent's next finished round."""
+    return await next_event(
+        town, after, lambda e: e.type == "agent.round" and e.data.get("agent") == agent, timeout_s
+    )
+
+
+def wait_for_line(path: Path, prefix: str, timeout_s: float = 20.0) -> str:
+    """A line a round's CLI wrote to its log.  A child's start-up has no event to wait on:
+    a bounded readiness probe, like the fixtures' wait for redis-server."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.startswith(prefix):
+                    return line
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never got a line starting with {prefix!r}")
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,51 @@
+"""``tt demo`` end to end, as the README's first command runs it: a subprocess on the embedded
+managed Redis (no REDIS_URL), which must finish, report, and leave nothing behind."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import clean_env
+
+pytestmark = pytest.mark.e2e
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_tt_demo_completes_its_tasks_through_mcp_and_cleans_up() -> None:
+    env = clean_env()
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # the demo must ignore it: its own managed Redis
+    done = subprocess.run(
+        [sys.executable, "-m", "tinytown.cli.main", "demo"],
+        check=False, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    match = re.search(r"town demo in (\S+), Redis managed unix://", out)
+    assert match, out
+    root = match.group(1)
+    assert "6 of 6 tasks completed by 2 agents talking MCP over stdio" in out
+    assert out.count("completed") >= 6
+    assert "2 + 3 * 4 = 14" in out  # a result the scripted agent reported through MCP
+    for name in ("alice", "bob"):
+        assert re.search(rf"^{name}\s+stopped\s+scripted\s+\d+\s+3$", out, re.MULTILINE), out
+    assert "→ alice: info message" in out or "→ bob: info message" in out  # agents talked
+    assert not Path(root).exists()
+    assert processes_mentioning(root) == []  # no runner, MCP server or redis-server left

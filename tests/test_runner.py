@@ -1,0 +1,175 @@
+"""The runner with real processes: ``tt agent run`` started detached by ``spawn`` on the
+session's real Redis, presets that are real programs, the scripted agent talking MCP over
+stdio.  Waits are on the town's event stream, bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from runner_support import next_event, open_spawn_town, round_done, task_settled, wait_for_line
+
+from tinytown.models import AgentState, MessageKind, TaskState
+from tinytown.processes import lock_holder, lock_path, pid_alive, wait_exit
+from tinytown.runner import Runner
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+async def test_a_scripted_agent_completes_its_task_through_the_mcp_server(tt_env: dict[str, str]) -> None:
+    async with open_spawn_town(tt_env) as town:
+        agent = await town.spawn_agent("alice", cli="scripted")
+        assert agent.state == AgentState.IDLE and agent.pid and agent.cli == "scripted"
+        after = await town.channel.last_event_id()
+        task = await town.assign("2 + 3 * 4", agent="alice")
+        await round_done(town, "alice", after)
+        done = await town.get_task(task.id)
+        assert done.state == TaskState.COMPLETED
+        assert done.result == "2 + 3 * 4 = 14"  # the agent's own report, not the output tail
+        alice = await town.get_agent("alice")
+        assert alice.tasks_completed == 1
+        assert town.paths is not None
+        log = (town.paths.logs / "alice.round-1.log").read_text()
+        assert "serving" in log and "alice: task" in log  # the MCP server and the agent spoke
+        notices = await town.inbox("conductor")
+        assert [(m.kind, m.task_id) for m in notices] == [(MessageKind.TASK_DONE, task.id)]
+
+
+async def test_a_custom_preset_that_calls_back_through_the_mcp_config_reports_its_own_result(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("bob", cli="callback")
+        after = await town.channel.last_event_id()
+        task = await town.assign("tiny town", agent="bob")
+        done = await task_settled(town, task.id, after)
+        assert (done.state, done.result) == (TaskState.COMPLETED, "2 words; reversed: town tiny")
+
+
+async def test_a_cli_that_exits_zero_without_reporting_completes_the_task_with_its_output(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("carol", cli="echo")
+        after = await town.channel.last_event_id()
+        task = await town.assign("say something", agent="carol")
+        await round_done(town, "carol", after)
+        done = await town.get_task(task.id)
+        assert done.state == TaskState.COMPLETED
+        root = Path(tt_env["TINYTOWN_TOWN"]).resolve()
+        # the round's environment and working directory, as the CLI saw them
+        assert f"agent carol task {task.id} cwd {root} mcp True town {root}" in (done.result or "")
+        carol = await town.get_agent("carol")
+        assert (carol.state, carol.rounds_completed, carol.current_task) == (AgentState.IDLE, 1, None)
+
+
+async def test_a_cli_that_exits_non_zero_fails_its_task_with_the_output_tail(tt_env: dict[str, str]) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("dave", cli="fail")
+        after = await town.channel.last_event_id()
+        task = await town.assign("build it", agent="dave")
+        event = await round_done(town, "dave", after)
+        assert event.data["exit_code"] == 3
+        done = await town.get_task(task.id)
+        assert done.state == TaskState.FAILED
+        assert done.error == "fail exited with code 3:\nboom: the build broke"
+        dave = await town.get_agent("dave")
+        assert dave.state == AgentState.IDLE and dave.rounds_completed == 1
+        assert await town.in_flight("dave") == []
+
+
+async def test_an_info_only_batch_is_acknowledged_without_running_the_cli(tt_env: dict[str, str]) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.register_agent("erin", cli="echo", state=AgentState.STARTING)
+        await town.send("conductor", "erin", "fyi: the build is green")
+        # runs in this process until it has been idle for 0.5 s
+        final = await Runner(town, "erin", idle_timeout_s=0.5).run()
+        assert final == AgentState.STOPPED
+        erin = await town.get_agent("erin")
+        assert (erin.state, erin.rounds_completed, erin.pid) == (AgentState.STOPPED, 0, None)
+        counts = await town.inbox_counts("erin")
+        assert (counts.pending, counts.in_flight) == (0, 0)
+        assert town.paths is not None
+        assert not list(town.paths.logs.glob("erin.round-*"))
+
+
+async def test_two_runners_never_run_for_one_agent(tt_env: dict[str, str]) -> None:
+    async with open_spawn_town(tt_env) as town:
+        first = await town.spawn_agent("frank", cli="echo")
+        second = subprocess.run(
+            [sys.executable, "-m", "tinytown.cli.main", "agent", "run", "frank"],
+            check=False, env=tt_env, capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 1
+        assert second.stderr.strip() == (
+            f"tt: conflict: a runner for agent frank is already running (pid {first.pid}); two "
+            "runners never run for one agent. `tt kill` it first, or `tt restart` it"
+        )
+        frank = await town.get_agent("frank")
+        assert (frank.state, frank.pid) == (AgentState.IDLE, first.pid)  # untouched
+        assert town.paths is not None
+        assert lock_holder(lock_path(town.paths, "frank")) == first.pid
+
+
+async def test_kill_now_stops_the_process_group_and_recovers_the_round(tt_env: dict[str, str]) -> None:
+    async with open_spawn_town(tt_env) as town:
+        agent = await town.spawn_agent("gina", cli="sleepy")
+        after = await town.channel.last_event_id()
+        task = await town.assign("sleep on it", agent="gina")
+        await next_event(town, after, lambda e: e.type == "task.started")
+        assert town.paths is not None
+        child = int(wait_for_line(town.paths.logs / "gina.round-1.log", "pid ").split()[1])
+        assert pid_alive(child)
+        killed = await town.kill_agent("gina", now=True, timeout_s=10)
+        assert (killed.state, killed.pid) == (AgentState.STOPPED, None)
+        assert agent.pid is not None
+        assert not pid_alive(agent.pid) and not pid_alive(child)  # the round's CLI went too
+        back = await town.get_task(task.id)
+        assert (back.state, back.assigned_to) == (TaskState.PENDING, None)  # back in the backlog
+        assert [m.task_id for m in await town.inbox("gina")] == [task.id]  # its message too
+
+
+async def test_kill_lets_the_round_finish_first(tt_env: dict[str, str]) -> None:
+    async with open_spawn_town(tt_env) as town:
+        agent = await town.spawn_agent("hugo", cli="brief")
+        after = await town.channel.last_event_id()
+        task = await town.assign("take a second", agent="hugo")
+        await next_event(town, after, lambda e: e.type == "task.started")
+        killed = await town.kill_agent("hugo", timeout_s=20)
+        assert killed.state == AgentState.STOPPED
+        assert agent.pid is not None and not pid_alive(agent.pid)
+        done = await town.get_task(task.id)
+        assert (done.state, done.result) == (TaskState.COMPLETED, "finished after a second")
+
+
+async def test_recover_after_a_runner_is_killed_returns_its_task_and_messages(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        agent = await town.spawn_agent("ivan", cli="sleepy")
+        after = await town.channel.last_event_id()
+        task = await town.assign("long job", agent="ivan")
+        await next_event(town, after, lambda e: e.type == "task.started")
+        assert agent.pid is not None and town.paths is not None
+        wait_for_line(town.paths.logs / "ivan.round-1.log", "pid ")
+        os.killpg(agent.pid, signal.SIGKILL)  # the runner and its round, with no chance to clean up
+        assert wait_exit(agent.pid, 10)
+        stuck = await town.get_agent("ivan")
+        assert stuck.state == AgentState.WORKING  # what the dead runner left behind
+
+        report = await town.recover()
+        assert report.stopped == ["ivan"]
+        assert report.requeued == {"ivan": 1}
+        assert report.reclaimed == [{"task_id": task.id, "from": "ivan", "to": None}]
+        ivan = await town.get_agent("ivan")
+        assert (ivan.state, ivan.pid, ivan.current_task) == (AgentState.STOPPED, None, None)
+        back = await town.get_task(task.id)
+        assert back.state == TaskState.PENDING
+        assert [t.id for t in (await town.list_tasks(state="pending")).tasks] == [task.id]
+        counts = await town.inbox_counts("ivan")
+        assert (counts.pending, counts.in_flight) == (1, 0)
+        assert (await town.inbox("ivan"))[0].delivery_count == 1

@@ -1,0 +1,158 @@
+"""Presets by the argv they produce, the round prompt, and the scripted agent's job.
+
+No test here needs an AI CLI: built-ins are checked by the command lines they build and by
+the error a missing program gets.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tinytown.config import parse_config
+from tinytown.errors import Invalid
+from tinytown.models import Agent, InboxCounts, Message, MessageKind, Task, TaskState
+from tinytown.presets import BUILTIN_PRESETS, RoundInputs, resolve_preset, round_env
+from tinytown.prompting import render_prime, render_round_prompt
+from tinytown_mcp.scripted_agent import work
+
+
+def inputs(tmp_path: Path, prompt: str = "do the thing") -> RoundInputs:
+    return RoundInputs(
+        prompt=prompt, prompt_file=tmp_path / "p.md", mcp_config=tmp_path / "mcp.json",
+        agent="bob", town=tmp_path,
+    )
+
+
+SERVER = {"command": "/venv/bin/tinytown-mcp", "args": ["--town", "/t", "--agent", "bob"],
+          "env": {"REDIS_URL": "redis://:pw@h:6379/0"}}
+
+
+def test_claude_reads_the_prompt_on_stdin_and_gets_the_mcp_config_file(tmp_path: Path) -> None:
+    preset = BUILTIN_PRESETS["claude"]
+    argv = preset.argv(inputs(tmp_path), SERVER)
+    assert argv == [
+        "claude", "-p", "--mcp-config", str(tmp_path / "mcp.json"), "--allowedTools", "mcp__tinytown",
+        "--permission-mode", "acceptEdits", "--output-format", "text",
+    ]
+    assert preset.stdin("do the thing") == b"do the thing"
+
+
+def test_codex_gets_the_mcp_server_as_config_overrides_and_the_prompt_on_stdin(tmp_path: Path) -> None:
+    preset = BUILTIN_PRESETS["codex"]
+    argv = preset.argv(inputs(tmp_path), SERVER)
+    assert argv[:3] == ["codex", "exec", "--full-auto"]
+    assert argv[-1] == "-"
+    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "-c"]
+    parsed: dict[str, object] = {}
+    for override in overrides:  # each value must be valid TOML, as codex parses it
+        key, _, value = override.partition("=")
+        parsed[key] = tomllib.loads(f"v = {value}")["v"]
+    assert parsed == {
+        "mcp_servers.tinytown.command": "/venv/bin/tinytown-mcp",
+        "mcp_servers.tinytown.args": ["--town", "/t", "--agent", "bob"],
+        "mcp_servers.tinytown.env": {"REDIS_URL": "redis://:pw@h:6379/0"},
+    }
+    assert preset.stdin("x") == b"x"
+
+
+def test_aider_reads_the_prompt_from_a_file_and_gemini_takes_it_as_an_argument(tmp_path: Path) -> None:
+    aider = BUILTIN_PRESETS["aider"].argv(inputs(tmp_path))
+    assert aider == ["aider", "--yes-always", "--message-file", str(tmp_path / "p.md")]
+    gemini = BUILTIN_PRESETS["gemini"]
+    assert gemini.argv(inputs(tmp_path, "fix it")) == ["gemini", "-p", "fix it"]
+    assert gemini.stdin("fix it") is None
+
+
+def test_a_preset_whose_program_is_not_on_path_is_refused_with_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(Invalid) as caught:
+        BUILTIN_PRESETS["claude"].locate(path=str(tmp_path))
+    text = str(caught.value)
+    assert text.startswith("invalid: preset 'claude' runs `claude`, which is not on PATH")
+    assert "npm install -g @anthropic-ai/claude-code" in text
+    with pytest.raises(Invalid, match="npm install -g @openai/codex"):
+        BUILTIN_PRESETS["codex"].locate(path=str(tmp_path))
+
+
+def test_the_scripted_preset_always_runs_this_python() -> None:
+    preset = BUILTIN_PRESETS["scripted"]
+    assert preset.locate(path="") == sys.executable
+    assert preset.argv(inputs(Path("/t")))[:3] == [sys.executable, "-m", "tinytown_mcp.scripted_agent"]
+
+
+def test_custom_presets_fill_placeholders_and_can_replace_a_builtin(tmp_path: Path) -> None:
+    config = parse_config({
+        "name": "t",
+        "agent_clis": {
+            "mine": {"command": ["my-agent", "--as", "{agent}", "--in", "{town}"], "prompt": "arg",
+                     "env": {"MODE": "fast"}, "mcp_config_args": ["--mcp", "{mcp_config}"]},
+            "claude": {"command": ["claude", "-p", "--model", "opus"]},
+        },
+    })
+    mine = resolve_preset(config, "mine")
+    assert mine.argv(inputs(tmp_path, "hello {agent}")) == [
+        "my-agent", "--as", "bob", "--in", str(tmp_path), "--mcp", str(tmp_path / "mcp.json"),
+        "hello {agent}",  # the prompt is never read as a template
+    ]
+    assert resolve_preset(config, "claude").command == ("claude", "-p", "--model", "opus")
+    env = round_env({"PATH": "/bin", "TINYTOWN_TASK_ID": "old"}, mine,
+                    {"TINYTOWN_AGENT": "bob", "TINYTOWN_TASK_ID": None})
+    assert env == {"PATH": "/bin", "MODE": "fast", "TINYTOWN_AGENT": "bob"}
+
+
+def test_an_unknown_preset_or_no_preset_at_all_is_refused_listing_the_presets() -> None:
+    config = parse_config({"name": "t", "agent_clis": {"mine": {"command": ["x"]}}})
+    listed = "presets: aider, claude, codex, gemini, mine, scripted"
+    with pytest.raises(Invalid, match=f"no preset named 'nope'; {listed}"):
+        resolve_preset(config, "nope")
+    with pytest.raises(Invalid, match="no --cli given and tinytown.toml sets no default_cli; presets: aider"):
+        resolve_preset(config, None)
+    assert resolve_preset(parse_config({"name": "t", "default_cli": "codex"}), None).name == "codex"
+
+
+def test_the_round_prompt_lists_each_message_with_its_ids_and_how_to_finish() -> None:
+    agent = Agent(id="a1", name="bob", role="reviewer")
+    task = Task(id="t-1", description="review the PR", created_by="conductor", attempt=2,
+                state=TaskState.RUNNING)
+    messages = [
+        Message(id="m-1", sender="conductor", to="bob", kind=MessageKind.TASK, body="review the PR",
+                task_id="t-1"),
+        Message(id="m-2", sender="alice", to="bob", kind=MessageKind.QUERY, body="which branch?"),
+    ]
+    prompt = render_round_prompt(agent, "shop", Path("/work/shop"), messages, {"t-1": task})
+    for expected in (
+        "You are bob - role: reviewer", "town 'shop' (directory /work/shop)", "You have 2 new messages",
+        "message id: m-1", "task id: t-1 (attempt 2)", "message id: m-2", "from: alice",
+        "kind: query", "which branch?", 'task_done(task_id="<task id>"', "tt task done <task id>",
+        'reply_to="<message id>"',
+    ):
+        assert expected in prompt
+
+
+def test_prime_tells_an_agent_its_task_and_its_mail() -> None:
+    agent = Agent(id="a1", name="bob")
+    task = Task(id="t-9", description="write the docs", created_by="conductor", attempt=1,
+                state=TaskState.RUNNING)
+    text = render_prime(agent, "shop", Path("/w"), task, InboxCounts(pending=3, urgent=1))
+    assert "you are bob in town 'shop'" in text
+    assert "Current task: t-9 (running, attempt 1): write the docs" in text
+    assert "Inbox: 3 pending (1 urgent" in text
+    assert "task_done(task_id, result)" in text
+    conductor = render_prime(Agent(id="c", name="conductor"), "shop", None, None, InboxCounts())
+    assert "You are the conductor" in conductor
+
+
+@pytest.mark.parametrize(("description", "ok", "result"), [
+    ("2 + 3 * 4", True, "2 + 3 * 4 = 14"),
+    ("(17 - 5) * 3", True, "(17 - 5) * 3 = 36"),
+    ("1000 / 8", True, "1000 / 8 = 125"),
+    ("7 / 2", True, "7 / 2 = 3.5"),
+    ("hello tiny town", True, "3 words; reversed: town tiny hello"),
+    ("__import__('os')", True, "1 words; reversed: __import__('os')"),
+    ("fail: the disk is full", False, "the disk is full"),
+])
+def test_the_scripted_agent_does_arithmetic_or_counts_words(description: str, ok: bool, result: str) -> None:
+    assert work(description) == (ok, result)
