@@ -42,7 +42,8 @@ TASKS = (
     "the quick brown fox jumps over the lazy dog",
 )
 DEADLINE_S = 90.0
-FINAL_TASK_EVENTS = ("task.completed", "task.failed", "task.cancelled")
+# free text shares a narrow terminal; ids, states and names stay whole
+FOLDING = frozenset({"description", "result"})
 
 
 @dataclass
@@ -101,7 +102,8 @@ class View:
         return None
 
     def parts(self) -> list[Part]:
-        table = Table(["task", "state", "agent", "description", "result"], title="Tinytown demo")
+        table = Table(["task", "state", "agent", "description", "result"], title="Tinytown demo",
+                      folding=FOLDING)
         for task_id, n in sorted(self.numbers.items(), key=lambda kv: kv[1]):
             task = self.tasks[task_id]
             table.rows.append([
@@ -200,7 +202,7 @@ async def _final(town: Town, task_ids: list[str], ok: bool, json_out: bool) -> i
             agent.name, styled(agent.state.value, STATE_STYLES), agent.cli or "-",
             str(agent.rounds_completed), str(agent.tasks_completed),
         ])  # fmt: skip
-    task_table = Table(["task", "state", "agent", "description", "result"], title="Tasks")
+    task_table = Table(["task", "state", "agent", "description", "result"], title="Tasks", folding=FOLDING)
     for n, task in enumerate(tasks, 1):
         task_table.rows.append([
             f"#{n}", styled(task.state.value, STATE_STYLES), names.get(task.assigned_to or "", "-"),
