@@ -437,8 +437,10 @@ class Town(TaskOps, LifecycleOps):
         """Messages the agent received and has not acknowledged."""
         return await self.channel.in_flight(await self._agent_id(agent))
 
-    async def inbox_counts(self, agent: str) -> InboxCounts:
-        return await self.channel.counts(await self._agent_id(agent))
+    async def inbox_counts(self, agent: str, *, cached: bool = False) -> InboxCounts:
+        """Pending (and urgent) and in-flight counts.  ``cached`` resolves the name from the
+        per-Town id cache: the MCP server adds these counts to every result of a session."""
+        return await self.channel.counts(await self._agent_id(agent, cached=cached))
 
     async def requeue_in_flight(self, agent: str) -> int:
         """Put the agent's unacknowledged messages back at the front of its inbox."""
