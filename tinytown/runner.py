@@ -36,7 +36,7 @@ import signal
 import subprocess
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ import anyio
 from anyio.abc import Process
 
 from tinytown.config import TownPaths
-from tinytown.errors import Conflict, Invalid, NotFound, TinytownError
+from tinytown.errors import Conflict, Invalid, NotFound, TinytownError, Unavailable
 from tinytown.models import AgentState, Message, MessageKind, Task, TaskState, normalise_agent_name
 from tinytown.presets import Preset, RoundInputs, resolve_preset, round_env
 from tinytown.processes import RunnerLock, lock_path, round_log_path
@@ -61,6 +61,7 @@ HEARTBEAT_EVERY_S = 5.0
 BATCH = 10
 TAIL_BYTES = 2048
 HANDLED_MEMORY = 1000
+REDIS_OUTAGE_S = 120.0
 
 
 @dataclass
@@ -103,6 +104,9 @@ class Runner:
         self._session = ""
         self._handled: OrderedDict[str, None] = OrderedDict()
         self._preset: Preset | None = None
+        self._last_ok = time.monotonic()
+        self._events_after = ""
+        self._looped = False
 
     # ----------------------------------------------------------------- outer shell
 
@@ -124,9 +128,9 @@ class Runner:
                      self.name, os.getpid(), agent.cli, requeued)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_signals)
-                tg.start_soon(self._watch_events, after)
+                tg.start_soon(self._outlast, self._watch_events, after)
                 try:
-                    await self._loop()
+                    await self._outlast(self._loop)
                 finally:
                     tg.cancel_scope.cancel()
         except TinytownError as error:
@@ -173,9 +177,25 @@ class Runner:
                          self.name, signal.Signals(signum).name)
                 self.request_stop(f"signal {signal.Signals(signum).name}")
 
+    async def _outlast(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``step`` again while Redis is unavailable, for at most :data:`REDIS_OUTAGE_S`
+        without any success (a restarted Redis should not kill every runner)."""
+        delay = 0.5
+        while True:
+            try:
+                return await step(*args)
+            except Unavailable as error:
+                if time.monotonic() - self._last_ok > REDIS_OUTAGE_S:
+                    raise
+                log.warning("%s: %s; retrying in %.1f s", self.name, error, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def _watch_events(self, after: str) -> None:
         """Wake the idle loop when this agent is paused, resumed or removed."""
-        async for event in self.town.follow(after=after, block_s=self.receive_slice_s):
+        self._events_after = self._events_after or after
+        async for event in self.town.follow(after=self._events_after, block_s=self.receive_slice_s):
+            self._events_after = event.id
             if event.data.get("agent") != self.name:
                 continue
             if event.type == "agent.paused":
@@ -190,12 +210,16 @@ class Runner:
     # ----------------------------------------------------------------- the loop
 
     async def _loop(self) -> None:
+        if self._looped:  # again, after Redis was away: redo what was in flight
+            await self.town.requeue_in_flight(self.name)
+        self._looped = True
         idle_since = time.monotonic()
         while not self.stop_requested:
             if self.max_rounds is not None and self.rounds >= self.max_rounds:
                 self.stop_reason = f"max_rounds ({self.max_rounds}) reached"
                 return
             agent = await self.town.get_agent(self.name)
+            self._last_ok = time.monotonic()
             if agent.state in (AgentState.STOPPED, AgentState.ERROR):
                 self.stop_reason = f"the agent was marked {agent.state.value}"
                 return
