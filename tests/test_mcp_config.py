@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mcp_support import ok, stdio
 
-from tinytown.config import TownPaths
+from tinytown.config import AgentCliSettings, Limits, RedisSettings, TownConfig, TownPaths, parse_config
 from tinytown.mcp_config import client_config, server_command, write_agent_mcp_config
 
 pytestmark = [pytest.mark.anyio]
@@ -88,3 +88,28 @@ def test_tt_mcp_config_prints_a_paste_ready_snippet(tt_env: dict[str, str]) -> N
     assert bad.returncode == 2 and bad.stderr.startswith("tt: invalid: --client")
     refused = tt("mcp", "config", "--agent", "all", env=tt_env)
     assert refused.returncode == 1 and "not an agent name" in refused.stderr
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", [".mcp.json", "claude_desktop_config.json", "mcp.json"])
+def test_the_ready_json_configs_start_tinytown_mcp(name: str) -> None:
+    entry = json.loads((CONFIGS / name).read_text())["mcpServers"]["tinytown"]
+    assert Path(entry["command"]).name == "tinytown-mcp"
+    assert entry["args"][-2:] == ["--agent", "conductor"]
+
+
+def test_the_ready_codex_snippet_is_a_tinytown_table() -> None:
+    table = tomllib.loads((CONFIGS / "config.toml").read_text())["mcp_servers"]["tinytown"]
+    assert table["command"] == "tinytown-mcp" and "--town" in table["args"]
+
+
+def test_the_annotated_tinytown_toml_shows_every_key_with_its_default() -> None:
+    text = (CONFIGS / "tinytown.toml").read_text()
+    parsed = parse_config(tomllib.loads(text))
+    assert parsed == TownConfig(name=parsed.name)
+    keys = [*TownConfig.model_fields, *RedisSettings.model_fields, *Limits.model_fields,
+            *AgentCliSettings.model_fields]
+    missing = [key for key in keys if f"{key} =" not in text and f"[{key}" not in text]
+    assert missing == [], f"configs/tinytown.toml does not show {missing}"

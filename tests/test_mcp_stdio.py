@@ -157,6 +157,31 @@ async def test_python_m_tinytown_mcp_writes_only_protocol_to_stdout_and_logs_els
     assert "session" in log.read_text()
 
 
+async def test_a_message_at_the_size_limit_crosses_stdio_intact(tt_env: dict[str, str]) -> None:
+    body = ("é" * 32767) + "."  # 65535 bytes of UTF-8: several pipe reads and partial writes
+    with anyio.fail_after(30):
+        async with stdio(tt_env, "alice") as client:
+            sent = await ok(client, "send_message", to="alice", body=body)
+            got = await ok(client, "receive", timeout_s=5)
+    assert sent["message"]["body"] == body
+    assert [m["body"] for m in got["messages"]] == [body]
+
+
+async def test_a_malformed_line_does_not_end_the_session(tt_env: dict[str, str]) -> None:
+    argv = [sys.executable, "-m", "tinytown_mcp", "--agent", "dave"]
+    with anyio.fail_after(30):
+        async with await anyio.open_process(argv, env=tt_env) as proc:
+            assert proc.stdin and proc.stdout
+            stdout = BufferedByteReceiveStream(proc.stdout)
+            await proc.stdin.send(b"this is not json\n" + rpc("initialize", {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"}}, 1).encode())
+            reply = json.loads(await stdout.receive_until(b"\n", 1 << 20))
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
+    assert reply["id"] == 1 and reply["result"]["serverInfo"]["name"] == "tinytown"
+
+
 @pytest.mark.parametrize(("agent", "says"), [("all", "reserved"), ("Not A Name", "not allowed")])
 def test_an_identity_the_town_refuses_exits_with_one_line(
     tt_env: dict[str, str], agent: str, says: str

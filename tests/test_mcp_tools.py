@@ -289,20 +289,27 @@ async def test_an_unknown_tool_is_not_found_and_lists_the_tools(real_town: Town)
     assert "receive" in text and "send_message" in text
 
 
-async def test_spawn_and_kill_are_unavailable_until_the_town_has_a_runner(real_town: Town) -> None:
-    if hasattr(Town, "spawn_agent"):
-        pytest.skip("this Town has a runner; test_spawn_and_kill_reach_the_runner covers the tools")
-    async with connect(real_town) as client:
-        await refused(client, "spawn_agent", "unavailable", name="worker", cli="claude")
-        await refused(client, "kill_agent", "unavailable", name="worker")
-
-
-async def test_spawn_and_kill_reach_the_runner(real_town: Town) -> None:
-    if not hasattr(Town, "spawn_agent"):
-        pytest.skip("this Town has no runner yet (spawn_agent); the tools answer unavailable")
-    async with connect(real_town) as client:
-        await refused(client, "spawn_agent", "invalid", name="all", cli="claude")
-        await refused(client, "kill_agent", "not_found", name="nobody")
+async def test_spawn_and_kill_run_a_real_runner(
+    tt_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in tt_env.items():
+        monkeypatch.setenv(key, value)  # the runner process inherits the town and its Redis
+    town = await Town.open()
+    try:
+        async with connect(town) as conductor, connect(town, "bob") as bob:
+            await refused(conductor, "spawn_agent", "invalid", name="all", cli="scripted")
+            await refused(conductor, "spawn_agent", "invalid", name="helper", cli="no-such-preset")
+            made = await ok(conductor, "spawn_agent", name="helper", cli="scripted", role="tester")
+            spawned = made["agent"]
+            assert (spawned["name"], spawned["cli"], spawned["role"]) == ("helper", "scripted", "tester")
+            assert spawned["state"] == "idle" and spawned["pid"]
+            await refused(conductor, "spawn_agent", "conflict", name="helper", cli="scripted")
+            await refused(bob, "kill_agent", "forbidden", name="helper")
+            await refused(conductor, "kill_agent", "not_found", name="nobody")
+            stopped = (await ok(conductor, "kill_agent", name="helper"))["agent"]
+        assert stopped["state"] == "stopped" and stopped["pid"] is None
+    finally:
+        await town.close()
 
 
 async def test_a_redis_outage_is_unavailable_and_the_server_keeps_answering(

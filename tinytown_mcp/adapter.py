@@ -86,7 +86,7 @@ async def answer(ctx: ToolContext, tool: str, call: Call) -> CallToolResult:
     try:
         payload = await call(session)
         if "inbox" not in payload:
-            counts = await session.town.inbox_counts(session.agent)
+            counts = await session.town.inbox_counts(session.agent, cached=True)
             payload["inbox"] = {"pending": counts.pending, "urgent": counts.urgent}
     except TinytownError as error:
         log.info("%s as %s: %s", tool, session.agent, error)

@@ -39,6 +39,7 @@ from tinytown_mcp import guides
 from tinytown_mcp.adapter import Session, failure, unexpected
 from tinytown_mcp.arguments import ArgumentGate
 from tinytown_mcp.resources import register_prompts, register_resources
+from tinytown_mcp.stdio import pipe_stdio
 from tinytown_mcp.tools import catalogue
 
 log = logging.getLogger("tinytown_mcp")
@@ -67,6 +68,13 @@ class TownServer(MCPServer[Session]):
         )
         register_resources(self, town, agent)
         register_prompts(self, town, agent)
+
+    async def run_stdio_async(self) -> None:
+        """Serve stdio with :func:`~tinytown_mcp.stdio.pipe_stdio` (no thread per message)."""
+        async with pipe_stdio() as (read_stream, write_stream):
+            # the same call MCPServer.run_stdio_async makes, with our transport
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Session, Any] | None = None

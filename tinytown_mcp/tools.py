@@ -13,7 +13,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from tinytown.errors import NotFound, Unavailable
+from tinytown.errors import NotFound
 from tinytown.tasks import MAX_PAGE, MAX_TAG_LEN, MAX_TAGS
 from tinytown.town import MAX_BATCH, MAX_RECEIVE_TIMEOUT_S
 from tinytown_mcp.adapter import Session, ToolContext, answer
@@ -85,10 +85,7 @@ async def spawn_agent(
     the agent gets work. Give it work afterwards with assign_task. Usually the conductor's job."""
 
     async def call(s: Session) -> dict[str, Any]:
-        spawn = getattr(s.town, "spawn_agent", None)
-        if spawn is None:
-            raise Unavailable("spawning agents is not available in this Tinytown installation")
-        return {"agent": await spawn(name, cli=cli, role=role, nickname=nickname, by=s.agent)}
+        return {"agent": await s.town.spawn_agent(name, cli=cli, role=role, nickname=nickname, by=s.agent)}
 
     return await answer(ctx, "spawn_agent", call)
 
@@ -101,10 +98,7 @@ async def kill_agent(
     stay assigned to it; the conductor can recover them."""
 
     async def call(s: Session) -> dict[str, Any]:
-        kill = getattr(s.town, "kill_agent", None)
-        if kill is None:
-            raise Unavailable("stopping agents is not available in this Tinytown installation")
-        return {"agent": await kill(name, by=s.agent)}
+        return {"agent": await s.town.kill_agent(name, by=s.agent)}
 
     return await answer(ctx, "kill_agent", call)
 
