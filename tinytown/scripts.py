@@ -9,6 +9,7 @@ One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
               ``running``
 ``ack``       acknowledge in-flight messages by id
 ``requeue``   put every in-flight message of an agent back at the front of its inbox
+``counts``    the lengths of an agent's four inbox lists and of its in-flight set
 ``claim``     take the oldest (or a given) backlog task for an agent
 ``apply``     a guarded plan computed in Python: compare-and-set guards, inbox limits, then
               hash/zset writes, messages and events — all or nothing
@@ -247,6 +248,15 @@ if OP == 'ack' then
     end
   end
   return n
+end
+
+-- ARGV: now, agent -> {urgent, high, normal, low, in_flight}
+if OP == 'counts' then
+  local agent = ARGV[4]
+  local out = {}
+  for i, pr in ipairs(PRIOS) do out[i] = redis.call('LLEN', inbox(agent, pr)) end
+  out[5] = redis.call('ZCARD', P .. 'inflight:' .. agent)
+  return out
 end
 
 -- ARGV: now, agent
