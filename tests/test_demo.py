@@ -4,6 +4,7 @@ managed Redis (no REDIS_URL), which must finish, report, and leave nothing behin
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,28 @@ def test_tt_demo_completes_its_tasks_through_mcp_and_cleans_up() -> None:
     assert "→ alice: info message" in out or "→ bob: info message" in out  # agents talked
     assert not Path(root).exists()
     assert processes_mentioning(root) == []  # no runner, MCP server or redis-server left
+
+
+def test_tt_demo_interrupted_by_ctrl_c_still_cleans_up() -> None:
+    env = clean_env()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tinytown.cli.main", "demo"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        first = demo.stdout.readline()
+        match = re.search(r"town demo in (\S+), Redis managed", first)
+        assert match, first
+        root = match.group(1)
+        while "joined" not in demo.stdout.readline():  # agents are being spawned: interrupt now
+            assert demo.poll() is None
+        demo.send_signal(signal.SIGINT)
+        _out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, err
+    assert "demo interrupted; cleaned up" in err
+    assert not Path(root).exists()
+    assert processes_mentioning(root) == []

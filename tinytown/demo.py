@@ -26,10 +26,11 @@ from typing import Any
 import anyio
 
 from tinytown.cli.render import STATE_STYLES, Part, Table, one_line, plain, renderable, show, styled
-from tinytown.config import TownPaths, init_town
+from tinytown.config import TownPaths, init_town, load_config
 from tinytown.connect import managed_redis
 from tinytown.models import Event, Task
 from tinytown.processes import lock_holder, signal_process, wait_exit
+from tinytown.supervisor import runners_started_here
 from tinytown.town import Town
 
 AGENTS = (("alice", "calculator"), ("bob", "word counter"))
@@ -218,20 +219,40 @@ async def _final(town: Town, task_ids: list[str], ok: bool, json_out: bool) -> i
 
 
 def _clean_up(paths: TownPaths, keep: bool) -> None:
-    """Kill what is left of the runners, stop the managed Redis, delete the town (unless kept)."""
+    """Leave nothing behind: runners (and what they started), the managed Redis, the town."""
+    pids = set(runners_started_here())
     run_dir = paths.runtime / "run"
     for lock in run_dir.glob("*.lock") if run_dir.is_dir() else []:
-        pid = lock_holder(lock)
-        if pid:
-            signal_process(pid, signal.SIGKILL, group=True)
-            wait_exit(pid, 5.0)
+        pids.add(lock_holder(lock) or 0)
+    server = None
     with contextlib.suppress(Exception):
-        from tinytown.config import load_config
-
-        managed_redis(load_config(paths), paths).stop()
+        server = managed_redis(load_config(paths), paths)
+    redis_pid = server.pid() if server else None
+    # An MCP server a scripted agent started lives in its own session; anything whose command
+    # line names this throwaway directory is the demo's (Linux /proc; elsewhere the runners'
+    # groups are all there is to kill).
+    pids |= set(_processes_naming(str(paths.root)))
+    pids -= {0, os.getpid(), redis_pid or 0}
+    for pid in pids:
+        signal_process(pid, signal.SIGKILL, group=True)
+    for pid in pids:
+        wait_exit(pid, 5.0)
+    if server is not None:
+        with contextlib.suppress(Exception):
+            server.stop()
     if keep:
         sys.stdout.write(plain([f"kept the demo town in {paths.root} (its Redis is stopped; "
                                 f"`tt --town {paths.root} status` starts it again)"]))
         return
     shutil.rmtree(paths.root, ignore_errors=True)
 
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else []:
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found

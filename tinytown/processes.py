@@ -108,9 +108,13 @@ def pid_alive(pid: int) -> bool:
         return True  # exists, owned by someone else
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state not in ("Z", "X"):
+            return True
+        # A zombie leader whose other threads are still exiting still holds the process's
+        # files (and so its flock): it is gone only when the last thread is.
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except (OSError, IndexError):
-        return True  # no /proc (macOS): trust kill(0)
-    return state not in ("Z", "X")
+        return not Path("/proc").is_dir()  # no /proc (macOS): trust kill(0)
 
 
 def wait_exit(pid: int, timeout_s: float) -> bool:
@@ -131,7 +135,8 @@ def wait_exit(pid: int, timeout_s: float) -> bool:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                select.select([fd], [], [], remaining)
+                if select.select([fd], [], [], remaining)[0]:
+                    time.sleep(0.001)  # the leader exited; its other threads are finishing
         finally:
             os.close(fd)
         return True

@@ -54,6 +54,15 @@ T = TypeVar("T")
 START_TIMEOUT_S = 30.0
 GONE_STATES = (AgentState.STOPPED, AgentState.ERROR)
 
+# Runner processes this process started (a demo cleaning up after Ctrl-C kills them even
+# before they hold their lock).
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def runners_started_here() -> list[int]:
+    """Pids of the runners this process started that have not exited."""
+    return [p.pid for p in _started if p.poll() is None]
+
 
 class RecoverReport(BaseModel):
     """What :meth:`LifecycleOps.recover` changed."""
@@ -195,6 +204,7 @@ class LifecycleOps:
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=paths.root, env=env, start_new_session=True,
             )
+        _started.append(proc)
         # Reap it when it ends, so a long-lived spawner (MCP server, demo) leaves no zombie.
         threading.Thread(target=proc.wait, name=f"reap-runner-{name}", daemon=True).start()
         with contextlib.suppress(Conflict):
