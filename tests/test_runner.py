@@ -173,3 +173,39 @@ async def test_recover_after_a_runner_is_killed_returns_its_task_and_messages(
         counts = await town.inbox_counts("ivan")
         assert (counts.pending, counts.in_flight) == (1, 0)
         assert (await town.inbox("ivan"))[0].delivery_count == 1
+
+
+async def test_a_runner_started_by_hand_stops_at_ctrl_c_and_kills_its_round_at_the_second(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.register_agent("kai", cli="sleepy", state=AgentState.STARTING)
+        after = await town.channel.last_event_id()
+        runner = subprocess.Popen([sys.executable, "-m", "tinytown.cli.main", "agent", "run", "kai"],
+                                  env=tt_env, stderr=subprocess.PIPE, text=True)
+        try:
+            await next_event(town, after, lambda e: e.type == "agent.idle" and e.data["agent"] == "kai")
+            task = await town.assign("nap", agent="kai")
+            assert town.paths is not None
+            child = int(wait_for_line(town.paths.logs / "kai.round-1.log", "pid ").split()[1])
+            runner.send_signal(signal.SIGINT)  # stop after this round...
+            assert runner.stderr is not None
+            seen = ""
+            while "stopping after this round" not in seen:  # (two signals at once are one)
+                seen += runner.stderr.readline()
+                assert runner.poll() is None
+            runner.send_signal(signal.SIGINT)  # ...no: now
+            _out, err = runner.communicate(timeout=30)
+            err = seen + err
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+        assert runner.returncode == 0, err
+        assert "killing the round's CLI" in err and "round 1 interrupted" in err
+        assert not pid_alive(child)
+        kai = await town.get_agent("kai")
+        assert (kai.state, kai.pid) == (AgentState.STOPPED, None)
+        # the interrupted round left its work for recover, not half-reported
+        assert (await town.get_task(task.id)).state == TaskState.RUNNING
+        report = await town.recover()
+        assert report.reclaimed == [{"task_id": task.id, "from": "kai", "to": None}]

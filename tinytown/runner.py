@@ -14,7 +14,8 @@ lock, takes over its mailbox and loops:
    MCP or ``tt`` already finished it — then the round's messages are acknowledged;
 4. a batch of only ``info``/``ack``/notices is acknowledged without a run.
 
-Signals: SIGTERM or SIGINT stop the runner after the current round (``tt kill``).  When the
+Signals: SIGTERM or SIGINT stop the runner after the current round (``tt kill``); a second
+one kills the round's CLI (Ctrl-C twice on a runner started by hand).  When the
 round's CLI is killed by a signal while a stop is pending (``tt kill --now`` signals the whole
 process group), the round is abandoned: its messages stay in flight and its tasks running,
 and the killer recovers them.  ``max_rounds`` and ``idle_timeout_s`` end the loop.  On every
@@ -107,6 +108,7 @@ class Runner:
         self._last_ok = time.monotonic()
         self._events_after = ""
         self._looped = False
+        self._process: Process | None = None
 
     # ----------------------------------------------------------------- outer shell
 
@@ -173,9 +175,13 @@ class Runner:
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("runner of %s got %s: stopping after this round",
-                         self.name, signal.Signals(signum).name)
-                self.request_stop(f"signal {signal.Signals(signum).name}")
+                name = signal.Signals(signum).name
+                if self.stop_requested and self._process is not None and self._process.returncode is None:
+                    log.info("runner of %s got %s again: killing the round's CLI", self.name, name)
+                    self._process.kill()
+                    continue
+                log.info("runner of %s got %s: stopping after this round", self.name, name)
+                self.request_stop(f"signal {name}")
 
     async def _outlast(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run ``step`` again while Redis is unavailable, for at most :data:`REDIS_OUTAGE_S`
@@ -419,6 +425,7 @@ class Runner:
                 argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.paths.root, env=env,
             )
+            self._process = process
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._heartbeats)
@@ -427,6 +434,7 @@ class Runner:
                     code = await process.wait()
                     tg.cancel_scope.cancel()
             finally:
+                self._process = None
                 if process.returncode is None:  # the runner itself is going down
                     process.kill()
                     with anyio.CancelScope(shield=True):

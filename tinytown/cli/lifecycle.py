@@ -74,7 +74,7 @@ def kill(
     name: AgentArg,
     now: Annotated[bool, typer.Option("--now", help="Do not wait for the round: kill its CLI too.")] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0, help="Seconds to wait before SIGKILL.")
+        float, typer.Option("--timeout", min=0, help="Seconds to let the round finish before SIGKILL.")
     ] = 10.0,
     sender: FromOption = None,
     json_out: JsonOption = False,
