@@ -118,6 +118,24 @@ async def test_cancelling_a_receive_over_stdio_stops_the_wait(tt_env: dict[str, 
     assert [m["body"] for m in got["messages"]] == ["after the cancel"]
 
 
+async def test_a_blocked_receive_does_not_hold_up_other_calls_over_stdio(tt_env: dict[str, str]) -> None:
+    results: list[dict[str, Any]] = []
+    with anyio.fail_after(20):
+        async with stdio(tt_env, "alice") as client:
+
+            async def wait_for_mail() -> None:
+                results.append(await ok(client, "receive", timeout_s=60))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_mail)
+                await anyio.wait_all_tasks_blocked()  # the receive request is on the pipe
+                # sent after the receive on the same pipe; served while it waits
+                assert (await ok(client, "whoami"))["agent"]["name"] == "alice"
+                assert results == []
+                await ok(client, "send_message", to="alice", body="unblock")
+    assert [m["body"] for m in results[0]["messages"]] == ["unblock"]
+
+
 def rpc(method: str, params: dict[str, Any], ident: int | None = None) -> str:
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
     if ident is not None:

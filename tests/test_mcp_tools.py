@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from conftest import make_config, start_redis_server
 from mcp_support import connect, ok, refused
@@ -94,6 +95,16 @@ async def test_first_session_of_a_new_name_attaches_the_agent(real_town: Town) -
     assert me["agent"]["session"] == me["session"]
     assert me["town"] == real_town.name and me["current_task"] is None
     assert (await real_town.get_agent("alice")).session == me["session"]
+
+
+async def test_a_live_session_keeps_its_agent_from_going_stale(real_redis: Redis, town_name: str) -> None:
+    town = Town(real_redis, make_config(town_name, stale_after_s=0.3))  # heartbeat every 0.1 s
+    await town.ensure_conductor()
+    await town.register_agent("idler")  # registered, but no session beats for it
+    async with connect(town, "alice"):
+        await anyio.sleep(0.6)  # staleness is about time passing: twice stale_after_s
+        stale = {view.agent.name: view.stale for view in (await town.status()).agents}
+    assert stale == {"conductor": False, "idler": True, "alice": False}
 
 
 async def test_whoami_shows_the_current_task_in_full(real_town: Town) -> None:

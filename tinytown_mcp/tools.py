@@ -175,8 +175,8 @@ async def task_done(
     result: Annotated[str, Field(description=(
         "What you did and what came out of it, for the task's creator (at most 64 KiB)."))],
 ) -> CallToolResult:
-    """Report a task assigned to you as completed, with its result. The task's creator is told.
-    Only the assignee (or the conductor) may do this."""
+    """Report a task assigned to you as completed, with its result. The task's creator is told
+    and the task's message is acknowledged. Only the assignee (or the conductor) may do this."""
 
     async def call(s: Session) -> dict[str, Any]:
         return {"task": await s.town.complete_task(task_id, result, by=s.agent)}
