@@ -13,7 +13,9 @@ milliseconds, plus ratios against the floor measured in the same run:
 * **hop**: agent A's ``send_message`` starts → agent B's *blocked* ``receive`` returns it;
   A and B are two tinytown-mcp processes, and B's client is a process of its own (as two
   agents' hosts are); timestamps are CLOCK_MONOTONIC, shared by processes on one Linux
-  machine.  Target: p50 ≤ 2.5× the echo call.
+  machine.  Target: p50 ≤ 2.5× the echo call.  Every process is idle before a hop (B must
+  be blocked), and waking idle processes has a cost of its own, so the hop is also shown
+  against an echo call made after the same idle gap.
 * **start**: process start → initialized session → first ``tools/list`` answered, for
   tinytown-mcp (which also connects to Redis and opens the mailbox session) against the
   bare echo server.
@@ -60,6 +62,10 @@ def echo(text: str) -> str:
 server.run()
 """
 BODY = "benchmark message " * 4
+# Between hops every process goes idle so that B's receive is blocked when A sends.  Waking an
+# idle process costs time on its own (a lot in a small VM), so the hop is also compared with
+# an echo call made after the same idle gap.
+HOP_GAP_S = 0.005
 
 
 def echo_params() -> StdioServerParameters:
@@ -96,10 +102,12 @@ async def timed_calls(call: Callable[[], Awaitable[object]], n: int, warmup: int
     return samples
 
 
-async def bench_calls(root: Path, n: int) -> tuple[list[float], list[float]]:
-    """Alternate blocks of echo and send_message calls so both see the same machine load."""
+async def bench_calls(root: Path, n: int) -> tuple[list[float], list[float], list[float]]:
+    """Alternate blocks of echo and send_message calls so both see the same machine load;
+    then echo calls each after ``HOP_GAP_S`` of idleness (the hop's like-for-like floor)."""
     echo_s: list[float] = []
     send_s: list[float] = []
+    idle_echo_s: list[float] = []
     async with session(echo_params()) as echo, session(town_params(root, "sender")) as town:
 
         async def one_echo() -> object:
@@ -117,7 +125,17 @@ async def bench_calls(root: Path, n: int) -> tuple[list[float], list[float]]:
         for _ in range(10):
             echo_s += await timed_calls(one_echo, n // 10, warmup=10)
             send_s += await timed_calls(one_send, n // 10, warmup=10)
-    return echo_s, send_s
+
+        async def idle_echo() -> object:
+            await anyio.sleep(HOP_GAP_S)
+            start = time.perf_counter()
+            await one_echo()
+            idle_echo_s.append(time.perf_counter() - start)
+            return None
+
+        for _ in range(max(50, n // 3)):
+            await idle_echo()
+    return echo_s, send_s, idle_echo_s
 
 
 async def hop_receiver(root: Path) -> None:
@@ -147,7 +165,7 @@ async def bench_hops(root: Path, n: int) -> list[float]:
         assert await lines.receive_until(b"\n", 100) == b"ready"
         async with session(town_params(root, "hop-a")) as a:
             for i in range(n + 20):
-                await anyio.sleep(0.005)  # B's next receive reaches its BLPOP
+                await anyio.sleep(HOP_GAP_S)  # B's next receive reaches its BLPOP
                 sent = await a.call_tool("send_message", {"to": "hop-b", "body": str(time.monotonic_ns())})
                 assert not sent.is_error, sent.content
                 latency_ns = int(await lines.receive_until(b"\n", 100))
@@ -191,7 +209,7 @@ async def main(calls: int, hops: int, starts: int) -> None:
         managed = ManagedRedis(TownPaths(root).runtime)
         managed.ensure_running()
         try:
-            echo_calls, send_calls = await bench_calls(root, calls)
+            echo_calls, send_calls, idle_echo = await bench_calls(root, calls)
             hop_samples = await bench_hops(root, hops)
             echo_starts, town_starts = await bench_starts(root, starts)
         finally:
@@ -201,8 +219,10 @@ async def main(calls: int, hops: int, starts: int) -> None:
     print("call: one tools/call round trip")
     print(line("echo tool (bare MCPServer)", echo_calls))
     print(line("send_message (tinytown-mcp)", send_calls, echo_calls) + "   target <= 2x")
+    print(line(f"echo tool after {HOP_GAP_S * 1000:g} ms idle", idle_echo, echo_calls))
     print("hop: A's send_message starts -> B's blocked receive returns")
     print(line("send_message -> receive", hop_samples, echo_calls) + "   target <= 2.5x echo")
+    print(line("  the same, against the idle echo", hop_samples, idle_echo))
     print("start: spawn -> session -> first tools/list")
     print(line("bare MCPServer (echo)", echo_starts))
     print(line("tinytown-mcp", town_starts, echo_starts))
