@@ -169,7 +169,7 @@ async def test_recover_leaves_live_agents_alone_and_can_hand_tasks_to_an_agent(
         report = await town.recover(to="heir")
         assert report.stopped == ["ghost"]
         assert report.reclaimed == [{"task_id": task.id, "from": "ghost", "to": "heir"}]
-        assert (await town.get_agent("heir")).state == AgentState.IDLE
+        assert (await town.get_agent("heir")).state in (AgentState.IDLE, AgentState.WORKING)  # live
         await round_done(town, "heir", after)
         done = await town.get_task(task.id)
         assert (done.state, done.attempt) == (TaskState.COMPLETED, 2)
