@@ -18,6 +18,7 @@ from runner_support import kill_leftover_runners, next_event, open_spawn_town, r
 from tinytown.errors import Conflict, Forbidden, Invalid, NotFound
 from tinytown.models import AgentState, TaskState
 from tinytown.processes import pid_alive
+from tinytown.town import Town
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -218,3 +219,13 @@ def test_tt_prime_tells_the_current_agent_its_task_and_mail(tt_env: dict[str, st
     assert primer["agent"]["name"] == "conductor" and primer["inbox"]["pending"] == 2
     assert tt(tt_env, "prime", "nobody").stderr.startswith("tt: not_found:")
 
+
+
+async def test_delivering_a_task_to_a_paused_agent_does_not_unpause_it(town: Town) -> None:
+    await town.register_agent("zoe", cli="echo")
+    await town.update_agent("zoe", state=AgentState.PAUSED)
+    task = await town.assign("later", agent="zoe")
+    await town.receive("zoe", timeout_s=0)  # e.g. a receive that raced the pause
+    zoe = await town.get_agent("zoe")
+    assert (zoe.state, zoe.current_task) == (AgentState.PAUSED, task.id)
+    assert (await town.get_task(task.id)).state == TaskState.RUNNING

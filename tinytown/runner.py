@@ -29,7 +29,6 @@ that come back are acknowledged without a second round.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -244,16 +243,10 @@ class Runner:
             messages = await self._receive(timeout)
             if not messages:
                 continue
-            if self._pause_requested:
-                # a pause raced the receive: the batch goes back, and the pause the receive may
-                # have overwritten (delivering a task marks the agent working) stands.  A stop
-                # that raced it does not: what was received is this runner's last round.
+            if self._pause_requested or (await self.town.get_agent(self.name)).state == AgentState.PAUSED:
+                # a pause raced the receive: the batch goes back to wait for the resume.  (A stop
+                # that raced it does not: what was received is this runner's last round.)
                 await self.town.requeue_in_flight(self.name)
-                with contextlib.suppress(Conflict):
-                    await self.town.update_agent(
-                        self.name, expect_state=[AgentState.WORKING, AgentState.IDLE],
-                        state=AgentState.PAUSED,
-                    )
                 continue
             if await self._handle(messages):
                 idle_since = time.monotonic()

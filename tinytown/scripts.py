@@ -223,7 +223,9 @@ if OP == 'receive' then
             redis.call('HSET', tkey, 'state', 'running', 'started_at', now, 'updated_at', now)
             redis.call('ZREM', P .. 'tasks:state:assigned', task_id)
             redis.call('ZADD', P .. 'tasks:state:running', t[4], task_id)
-            redis.call('HSET', akey, 'current_task', task_id, 'state', 'working')
+            redis.call('HSET', akey, 'current_task', task_id)
+            -- a paused agent stays paused (its runner puts the batch back)
+            if a[3] ~= 'paused' then redis.call('HSET', akey, 'state', 'working') end
             event('task.started', cjson.encode({task_id = task_id, agent = a[1]}), maxlen)
           end
         end
