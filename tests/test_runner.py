@@ -160,6 +160,8 @@ async def test_recover_after_a_runner_is_killed_returns_its_task_and_messages(
         assert wait_exit(agent.pid, 10)
         stuck = await town.get_agent("ivan")
         assert stuck.state == AgentState.WORKING  # what the dead runner left behind
+        view = next(v for v in (await town.status()).agents if v.agent.name == "ivan")
+        assert view.runner_gone  # status does not pass the dead runner off as working
 
         report = await town.recover()
         assert report.stopped == ["ivan"]
@@ -167,6 +169,7 @@ async def test_recover_after_a_runner_is_killed_returns_its_task_and_messages(
         assert report.reclaimed == [{"task_id": task.id, "from": "ivan", "to": None}]
         ivan = await town.get_agent("ivan")
         assert (ivan.state, ivan.pid, ivan.current_task) == (AgentState.STOPPED, None, None)
+        assert not next(v for v in (await town.status()).agents if v.agent.name == "ivan").runner_gone
         back = await town.get_task(task.id)
         assert back.state == TaskState.PENDING
         assert [t.id for t in (await town.list_tasks(state="pending")).tasks] == [task.id]

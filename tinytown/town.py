@@ -56,6 +56,9 @@ class AgentView(BaseModel):
     agent: Agent
     inbox: InboxCounts
     stale: bool
+    runner_gone: bool = False
+    """A spawned agent whose runner process has ended although its state says otherwise
+    (it crashed or was SIGKILLed); ``tt recover`` repairs the record."""
 
 
 class TownStatus(BaseModel):
@@ -455,6 +458,8 @@ class Town(TaskOps, LifecycleOps):
             AgentView(
                 agent=a, inbox=await self.channel.counts(a.id),
                 stale=a.is_stale(self.config.stale_after_s),
+                runner_gone=a.state not in (AgentState.STOPPED, AgentState.ERROR)
+                and self.runner_known_gone(a),
             )
             for a in agents
         ]

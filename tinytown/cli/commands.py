@@ -250,7 +250,9 @@ def _status_parts(current: "TownStatus") -> "list[Part]":
     for view in current.agents:
         agent = view.agent
         state_cell: Cell = styled(agent.state.value, STATE_STYLES)
-        if view.stale:
+        if view.runner_gone:
+            state_cell = (f"{agent.state.value} (runner gone: tt recover)", "bold red")
+        elif view.stale:
             state_cell = (f"{agent.state.value} (stale)", "bold red")
         urgent: Cell = (str(view.inbox.urgent), "bold red") if view.inbox.urgent else "0"
         table.rows.append([
