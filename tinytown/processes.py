@@ -1,9 +1,12 @@
-"""Local process bookkeeping for runners: the one-runner-per-agent lock, liveness, exit waits.
+"""Local process bookkeeping: the one-runner-per-agent lock, pid liveness, exit waits.
 
 Each runner holds an exclusive ``flock`` on ``.tt/run/<agent>.lock`` (its pid written
 inside) for as long as it lives.  The kernel drops the lock when the process ends, however it
 ends, so "is the lock held?" is the liveness test: unlike a bare pid it cannot be fooled by a
 reused pid or a zombie.  Signals and exit waits go to the recorded pid.
+
+:func:`pid_alive`, :func:`wait_exit` and :func:`poll_until` are the one implementation of
+"is this pid alive" and "wait until it is gone"; the managed redis-server uses them too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tinytown.config import TownPaths
@@ -98,14 +102,19 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    """The process exists and is not a zombie (where ``/proc`` can tell)."""
+def pid_alive(pid: int, *, ours: bool = False) -> bool:
+    """The process exists and is not a zombie (where ``/proc`` can tell).
+
+    ``kill(pid, 0)`` alone is not enough: a killed child whose parent does not reap it (PID 1
+    in some containers) stays a zombie, and signalling a zombie succeeds.  With ``ours`` a
+    process we may not signal (another user's) counts as gone: a reused pid, not ours.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
+        return not ours  # exists, owned by someone else
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
         if state not in ("Z", "X"):
@@ -140,8 +149,17 @@ def wait_exit(pid: int, timeout_s: float) -> bool:
         finally:
             os.close(fd)
         return True
+    return poll_until(lambda: not pid_alive(pid), deadline)
+
+
+def poll_until(done: Callable[[], bool], deadline: float) -> bool:
+    """Call ``done`` with a growing pause (5 ms up to 100 ms) until it is true (True) or the
+    ``time.monotonic()`` ``deadline`` passes (False).
+
+    Only for what has no event to wait on (no pidfd; a daemonized server binding its socket).
+    """
     delay = 0.005
-    while pid_alive(pid):
+    while not done():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False

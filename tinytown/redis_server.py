@@ -18,18 +18,18 @@ import hashlib
 import importlib.util
 import logging
 import os
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal
 
 from tinytown.errors import Invalid, Unavailable
+from tinytown.processes import pid_alive, poll_until, wait_exit
 
 log = logging.getLogger("tinytown.redis")
 
@@ -149,7 +149,7 @@ class ManagedRedis:
                 if not shut_down:
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGTERM)
-                if not _wait_exit(pid, deadline):
+                if not wait_exit(pid, deadline - time.monotonic()):
                     raise Unavailable(f"redis-server pid {pid} did not exit within {timeout:g}s")
             self._remove_leftovers()
             was_running = pid is not None or answering
@@ -194,7 +194,7 @@ class ManagedRedis:
             return self.is_running() or (pid is not None and not _process_alive(pid))
 
         # Nothing to block on while a daemonized server binds its socket: bounded backoff.
-        return _poll(settled, deadline) and self.is_running()
+        return poll_until(settled, deadline) and self.is_running()
 
     def _read_pid(self) -> int | None:
         try:
@@ -247,45 +247,14 @@ def _shutdown(path: str) -> bool:
 
 
 def _process_alive(pid: int) -> bool:
-    """Alive, not a zombie, and (where /proc tells) a redis-server: a reused pid is not ours."""
+    """Alive, ours, not a zombie, and (where /proc tells) a redis-server: a reused pid is not ours."""
+    if not pid_alive(pid, ours=True):
+        return False
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False  # gone, or another user's process: not the server we started
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): trust kill(0)
-    return state not in ("Z", "X") and (b"redis" in cmdline or b"valkey" in cmdline)
-
-
-def _wait_exit(pid: int, deadline: float) -> bool:
-    """Wait until ``pid`` is gone; a pidfd is an exit event (Linux), else bounded polling."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except (AttributeError, OSError):
-        return _poll(lambda: not _process_alive(pid), deadline)
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll(max(deadline - time.monotonic(), 0) * 1000)
-    finally:
-        os.close(fd)
-    return not _process_alive(pid)
-
-
-def _poll(done: Callable[[], bool], deadline: float) -> bool:
-    delay = 0.005
-    while not done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.1)
-    return True
+    except OSError:
+        return not Path("/proc").is_dir()  # no /proc (macOS): trust kill(0); else it just ended
+    return b"redis" in cmdline or b"valkey" in cmdline
 
 
 def _private_dir(path: Path) -> None:
