@@ -97,6 +97,18 @@ async def test_inbox_counts_show_pending_urgent_and_in_flight(town: Town) -> Non
     assert (after.pending, after.urgent, after.in_flight) == (1, 0, 2)
 
 
+async def test_a_receive_reports_the_mailbox_it_leaves_behind(town: Town) -> None:
+    await town.register_agent("alice")
+    for priority in ("urgent", "urgent", "normal"):
+        await town.send("conductor", "alice", priority, priority=priority)
+
+    got = await town.receive("alice", timeout_s=0, max_messages=1)
+    assert (got.inbox.pending, got.inbox.urgent, got.inbox.in_flight) == (2, 1, 1)
+    assert got.inbox == await town.inbox_counts("alice")
+    empty = await town.receive("alice", timeout_s=0, max_messages=5)
+    assert (empty.inbox.pending, empty.inbox.in_flight) == (0, 2)
+
+
 async def test_peeking_at_the_inbox_does_not_consume(town: Town) -> None:
     await _agents(town, "bob")
     await town.send("conductor", "bob", "later", priority="low")

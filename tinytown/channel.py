@@ -65,6 +65,8 @@ class Plan:
 class Received:
     messages: list[Message]
     timed_out: bool
+    inbox: InboxCounts = field(default_factory=InboxCounts)
+    """The receiver's mailbox right after this batch was taken."""
 
 
 class Channel:
@@ -151,8 +153,11 @@ class Channel:
             if rows is None:
                 raise Unavailable(f"Redis did not answer a receive within {SCRIPT_GRACE_S:g} s")
             ack_previous = False
+            counts, rows = _counts(rows[0]), rows[1]
             if rows:
-                received = Received([_message_from_row(row) for row in rows], timed_out=False)
+                received = Received(
+                    [_message_from_row(row) for row in rows], timed_out=False, inbox=counts
+                )
                 try:
                     await anyio.lowlevel.checkpoint()
                 except anyio.get_cancelled_exc_class():
@@ -163,7 +168,7 @@ class Channel:
                 return received
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Received([], timed_out=True)
+                return Received([], timed_out=True, inbox=counts)
             wait = min(remaining, progress_every_s)
             async with wrap_redis_errors():
                 # BLPOP takes seconds as a float (Redis >= 6); 0 would mean forever.
@@ -208,8 +213,7 @@ class Channel:
     async def counts(self, agent_id: str) -> InboxCounts:
         """Pending, urgent and in-flight counts in one script call: the MCP server adds them to
         every result, and a five-command pipeline cost twice as much in redis-py."""
-        lengths = [int(n) for n in await self._run("counts", agent_id)]
-        return InboxCounts(pending=sum(lengths[:4]), urgent=lengths[0], in_flight=lengths[4])
+        return _counts(await self._run("counts", agent_id))
 
     async def peek(self, agent_id: str, limit: int = 50) -> list[Message]:
         """The pending messages in the order they would be received, without consuming."""
@@ -258,6 +262,12 @@ class Channel:
         async with wrap_redis_errors():
             rows = await self.redis.xrevrange(self.keys.events, count=1)
         return str(rows[0][0]) if rows else "0-0"
+
+
+def _counts(reply: list[Any]) -> InboxCounts:
+    """``{urgent, high, normal, low, in_flight}`` from the script as :class:`InboxCounts`."""
+    lengths = [int(n) for n in reply]
+    return InboxCounts(pending=sum(lengths[:4]), urgent=lengths[0], in_flight=lengths[4])
 
 
 def _message_from_row(row: list[str]) -> Message:

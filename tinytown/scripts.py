@@ -6,7 +6,8 @@ One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
 ``receive``   implicit ack of the caller's in-flight messages, redelivery of overdue
               in-flight messages, then pop up to N ids (highest priority first, FIFO inside
               one) into the caller's in-flight set; an assignment it delivers marks the task
-              ``running``
+              ``running``.  Returns ``{counts, messages}``: the caller's inbox counts come
+              with the batch, so a receive needs no second call to report them
 ``ack``       acknowledge in-flight messages by id
 ``requeue``   put every in-flight message of an agent back at the front of its inbox
 ``counts``    the lengths of an agent's four inbox lists and of its in-flight set
@@ -37,6 +38,14 @@ local function inbox_size(agent)
   local n = 0
   for _, pr in ipairs(PRIOS) do n = n + redis.call('LLEN', inbox(agent, pr)) end
   return n
+end
+
+-- {urgent, high, normal, low, in_flight}: what every MCP result reports as "inbox"
+local function mailbox_counts(agent)
+  local out = {}
+  for i, pr in ipairs(PRIOS) do out[i] = redis.call('LLEN', inbox(agent, pr)) end
+  out[5] = redis.call('ZCARD', P .. 'inflight:' .. agent)
+  return out
 end
 
 local function ring(agent)
@@ -237,7 +246,7 @@ if OP == 'receive' then
   if #out < max then redis.call('DEL', P .. 'bell:' .. agent) end
   redis.call('HSET', akey, 'last_seen', now)
   if a[3] == 'starting' then redis.call('HSET', akey, 'state', 'idle') end
-  return out
+  return {mailbox_counts(agent), out}
 end
 
 -- ARGV: now, agent, id...
@@ -254,11 +263,7 @@ end
 
 -- ARGV: now, agent -> {urgent, high, normal, low, in_flight}
 if OP == 'counts' then
-  local agent = ARGV[4]
-  local out = {}
-  for i, pr in ipairs(PRIOS) do out[i] = redis.call('LLEN', inbox(agent, pr)) end
-  out[5] = redis.call('ZCARD', P .. 'inflight:' .. agent)
-  return out
+  return mailbox_counts(ARGV[4])
 end
 
 -- ARGV: now, agent

@@ -252,7 +252,9 @@ async def receive(
             s.agent, timeout_s=timeout_s, max_messages=max_messages, session=s.session_id,
             progress=progress, progress_every_s=s.progress_every_s,
         )
-        return {"messages": got.messages, "timed_out": got.timed_out}
+        # the counts come with the batch: no second Redis call on the hop's critical path
+        inbox = {"pending": got.inbox.pending, "urgent": got.inbox.urgent}
+        return {"messages": got.messages, "timed_out": got.timed_out, "inbox": inbox}
 
     return await answer(ctx, "receive", call)
 
