@@ -140,7 +140,7 @@ async def _demo(paths: TownPaths, n_tasks: int, json_out: bool) -> int:
             from tinytown.cli.render import console
 
             live_cm = Live(renderable(view.parts()), console=console(), auto_refresh=False)
-        after = await town.channel.last_event_id()
+        after = await town.last_event_id()
         ok = True
         with live_cm as live:
             view.live = live
@@ -181,7 +181,7 @@ async def _all_final(town: Town, task_ids: list[str], after: str) -> None:
         pending = [t for t in task_ids if not (await town.get_task(t)).state.is_final]
         if not pending:
             return
-        events = await town.channel.wait_events(last, 5.0)
+        events = await town.wait_events(last, 5.0)
         if events:
             last = events[-1].id
 

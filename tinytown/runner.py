@@ -122,7 +122,7 @@ class Runner:
             self._preset.locate()
             if self.max_rounds is None:
                 self.max_rounds = agent.max_rounds
-            after = await self.town.channel.last_event_id()
+            after = await self.town.last_event_id()
             await self.town.update_agent(self.name, pid=os.getpid())
             agent, self._session, requeued = await self.town.open_session(self.name, attach=False)
             log.info("runner of %s started (pid %d, preset %s, %d message(s) requeued)",

@@ -476,11 +476,20 @@ class Town(TaskOps, LifecycleOps):
     async def history(self, count: int = 20) -> list[Event]:
         return await self.channel.events(count)
 
+    async def last_event_id(self) -> str:
+        """The id of the newest event (``"0-0"`` for none): where a watcher starts."""
+        return await self.channel.last_event_id()
+
+    async def wait_events(self, after: str, block_s: float) -> list[Event]:
+        """Events after id ``after``, waiting up to ``block_s`` for one (XREAD BLOCK): what
+        live views and runners wake on instead of polling the town."""
+        return await self.channel.wait_events(after, block_s)
+
     async def follow(self, after: str = "$", block_s: float = 5.0) -> AsyncIterator[Event]:
         """Yield events as they are appended (after id ``after``), forever."""
-        last = await self.channel.last_event_id() if after == "$" else after
+        last = await self.last_event_id() if after == "$" else after
         while True:
-            for event in await self.channel.wait_events(last, block_s):
+            for event in await self.wait_events(last, block_s):
                 last = event.id
                 yield event
 

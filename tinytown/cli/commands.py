@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tinytown.cli.render import Part
     from tinytown.config import TownConfig, TownPaths
     from tinytown.models import Event, Message
+    from tinytown.redis_server import ManagedRedis
     from tinytown.town import Town, TownStatus
 
 WATCH_REFRESH_S = 3.0
@@ -122,14 +123,10 @@ def init(
 @app.command()
 def up(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Start the town's managed Redis (a no-op for an external Redis URL)."""
-    from tinytown.config import mask_url
-    from tinytown.connect import managed_redis
-
-    paths, config = _local_town(ctx)
-    if config.redis.url:
-        _external(config.name, mask_url(config.redis.url) or "", json_out)
+    managed = _managed_server(ctx, json_out)
+    if managed is None:
         return
-    server = managed_redis(config, paths)
+    config, server = managed
     started = run_plain(server.ensure_running)
     if json_out:
         print_json(
@@ -151,14 +148,10 @@ def up(ctx: typer.Context, json_out: JsonOption = False) -> None:
 @app.command()
 def down(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Stop the town's managed Redis; its data stays in .tt/ (AOF) for the next start."""
-    from tinytown.config import mask_url
-    from tinytown.connect import managed_redis
-
-    paths, config = _local_town(ctx)
-    if config.redis.url:
-        _external(config.name, mask_url(config.redis.url) or "", json_out)
+    managed = _managed_server(ctx, json_out)
+    if managed is None:
         return
-    server = managed_redis(config, paths)
+    config, server = managed
     stopped = run_plain(server.stop)
     if json_out:
         print_json({"town": config.name, "managed": True, "redis": server.url, "stopped": stopped})
@@ -169,6 +162,18 @@ def down(ctx: typer.Context, json_out: JsonOption = False) -> None:
         say(f"stopped managed Redis of town {config.name}")
     else:
         say(f"managed Redis of town {config.name} was not running")
+
+
+def _managed_server(ctx: typer.Context, json_out: bool) -> "tuple[TownConfig, ManagedRedis] | None":
+    """The town's managed server, or None after saying the town uses an external Redis."""
+    from tinytown.config import mask_url
+    from tinytown.connect import managed_redis
+
+    paths, config = _local_town(ctx)
+    if config.redis.url:
+        _external(config.name, mask_url(config.redis.url) or "", json_out)
+        return None
+    return config, managed_redis(config, paths)
 
 
 def _external(town: str, url: str, json_out: bool) -> None:
@@ -214,7 +219,7 @@ async def _watch(town: "Town", json_out: bool) -> None:
     from tinytown.cli.app import is_terminal
     from tinytown.cli.render import console, plain, renderable
 
-    last = await town.channel.last_event_id()
+    last = await town.last_event_id()
     if json_out or not is_terminal():
         changed = True
         while True:
@@ -225,7 +230,7 @@ async def _watch(town: "Town", json_out: bool) -> None:
                 else:
                     sys.stdout.write(plain(_status_parts(current)) + "\n")
                     sys.stdout.flush()
-            events = await town.channel.wait_events(last, WATCH_REFRESH_S)
+            events = await town.wait_events(last, WATCH_REFRESH_S)
             changed = bool(events)
             if events:
                 last = events[-1].id
@@ -234,7 +239,7 @@ async def _watch(town: "Town", json_out: bool) -> None:
     current = await town.status()
     with Live(renderable(_status_parts(current)), console=console(), auto_refresh=False) as live:
         while True:
-            events = await town.channel.wait_events(last, WATCH_REFRESH_S)
+            events = await town.wait_events(last, WATCH_REFRESH_S)
             if events:
                 last = events[-1].id
             current = await town.status()
@@ -657,7 +662,7 @@ def history(
             return events
         for event in events:
             _print_event(event, json_out)
-        after = events[-1].id if events else await town.channel.last_event_id()
+        after = events[-1].id if events else await town.last_event_id()
         async for event in town.follow(after=after, block_s=FOLLOW_BLOCK_S):
             _print_event(event, json_out)
         return []
