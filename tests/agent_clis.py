@@ -60,7 +60,8 @@ class InstalledCli:
 
 
 def _fail(what: str, proc: subprocess.CompletedProcess[str]) -> None:
-    pytest.fail(f"installing {what} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    pytest.fail(f"installing {what} failed (exit {proc.returncode}):\n{tail}")
 
 
 def npm_cli(spec: tuple[str, str, str]) -> InstalledCli:
