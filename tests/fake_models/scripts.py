@@ -1,0 +1,63 @@
+"""Scripts (brains) shared by every CLI's tests: the same conversation on every wire format.
+
+Each is a ``Turn -> Step`` function (see :mod:`tests.fake_models.server`): it looks at the
+tools offered and the results so far and answers the next tool call, or a final text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.fake_models.server import Step, ToolCall, Turn
+
+TASK_ID = re.compile(r"task id: ([0-9a-f-]{36})")
+
+
+def _call(turn: Turn, bare: str, arguments: dict[str, Any]) -> Step:
+    name = turn.tool(bare)
+    if name is None:
+        return f"no tinytown tool {bare!r} was offered; offered: {sorted(turn.tools)}"
+    return ToolCall(name, arguments)
+
+
+def received_task_ids(turn: Turn) -> list[str]:
+    """Task ids of the messages that the conversation's ``receive`` calls returned."""
+    ids: list[str] = []
+    for result in turn.results_of("receive"):
+        data = result.json() or {}
+        ids += [m["task_id"] for m in data.get("messages", []) if m.get("task_id")]
+    return ids
+
+
+def attached_session(receive_timeout_s: int = 60) -> Any:
+    """An attached agent: whoami -> receive -> task_done for the task it received -> text."""
+
+    def script(turn: Turn) -> Step:
+        done = len(turn.results)
+        if done == 0:
+            return _call(turn, "whoami", {})
+        if not turn.results_of("receive") or not received_task_ids(turn):
+            if len(turn.results_of("receive")) >= 3:
+                return "no task arrived"
+            return _call(turn, "receive", {"timeout_s": receive_timeout_s, "max_messages": 10})
+        if not turn.results_of("task_done"):
+            task_id = received_task_ids(turn)[0]
+            return _call(turn, "task_done", {"task_id": task_id, "result": "done by the scripted model"})
+        return "All done."
+
+    return script
+
+
+def report_round_task(result: str = "reported by the scripted model") -> Any:
+    """A spawned agent's round: task_done for the task id named in the round prompt."""
+
+    def script(turn: Turn) -> Step:
+        match = TASK_ID.search(turn.prompt)
+        if match is None:
+            return "the prompt names no task"
+        if not turn.results_of("task_done"):
+            return _call(turn, "task_done", {"task_id": match.group(1), "result": result})
+        return "Reported."
+
+    return script
