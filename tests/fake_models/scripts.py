@@ -1,6 +1,6 @@
 """Scripts (brains) shared by every CLI's tests: the same conversation on every wire format.
 
-Each is a ``Turn -> Step`` function (see :mod:`tests.fake_models.server`): it looks at the
+Each is a ``Turn -> Step`` function (see :mod:`fake_models.server`): it looks at the
 tools offered and the results so far and answers the next tool call, or a final text.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.fake_models.server import Step, ToolCall, Turn
+from fake_models.server import Step, ToolCall, Turn
 
 TASK_ID = re.compile(r"task id: ([0-9a-f-]{36})")
 
