@@ -83,6 +83,48 @@ async def test_receive_returns_at_most_max_messages_and_the_rest_stays_queued(to
     assert [m.body for m in third.messages] == ["m4"]
 
 
+async def test_a_receive_caps_the_bodies_it_returns_and_the_rest_comes_in_the_next_receives(
+    town: Town,
+) -> None:
+    await _agents(town, "bob")
+    cap = town.config.limits.max_receive_bytes
+    assert cap == 100 * 1024
+    sent = [f"{i:02d}:" + "x" * (16 * 1024 - 3) for i in range(11)]  # 176 KiB pending
+    for body in sent:
+        await town.send("conductor", "bob", body)
+
+    batches: list[list[str]] = []
+    while True:
+        got = await town.receive("bob", timeout_s=0, max_messages=100)
+        if not got.messages:
+            break
+        bodies = [m.body for m in got.messages]
+        assert sum(len(b) for b in bodies) <= cap
+        # only what this batch returned is in flight: nothing is acked unseen by the next one
+        counts = await town.inbox_counts("bob")
+        assert (counts.in_flight, counts.pending) == (len(bodies), got.inbox.pending)
+        assert got.inbox.pending == len(sent) - sum(len(b) for b in [*batches, bodies])
+        batches.append(bodies)
+
+    assert [len(b) for b in batches] == [6, 5]  # 96 KiB, then the 80 KiB left
+    assert [b for batch in batches for b in batch] == sent  # in order, none lost or doubled
+    counts = await town.inbox_counts("bob")
+    assert (counts.pending, counts.in_flight) == (0, 0)
+
+
+async def test_a_message_larger_than_the_receive_cap_still_comes_alone(town: Town) -> None:
+    small = _town_like(town, limits={"max_receive_bytes": 1000})
+    await _agents(small, "bob")
+    await small.send("conductor", "bob", "a" * 1500, priority=Priority.URGENT)
+    await small.send("conductor", "bob", "b" * 10)
+
+    first = await small.receive("bob", timeout_s=0, max_messages=10)
+    second = await small.receive("bob", timeout_s=0, max_messages=10)
+
+    assert [len(m.body) for m in first.messages] == [1500]
+    assert [m.body for m in second.messages] == ["b" * 10]
+
+
 async def test_inbox_counts_show_pending_urgent_and_in_flight(town: Town) -> None:
     await _agents(town, "bob")
     await town.send("conductor", "bob", "u", priority="urgent")

@@ -261,6 +261,11 @@ def test_assigned_task_is_listed_finished_by_its_assignee_and_counted_by_status(
 
     done = tt_ok("task", "done", task["id"], "docs written", env={**tt_env, "TINYTOWN_AGENT": "bob"})
     assert (done["state"], done["result"]) == ("completed", "docs written")
+    assert tt_ok("task", "show", task["id"], env=tt_env)["decided_by"] == "agent"
+    shown = tt("task", "show", task["id"], env=tt_env)
+    assert shown.returncode == 0
+    assert any(line.split()[1:3] == ["decided_by", "agent"] or line.split()[:2] == ["decided_by", "agent"]
+               for line in shown.stdout.splitlines() if line.split()), shown.stdout
 
     status = tt_ok("status", env=tt_env)
     assert status["tasks"]["completed"] == 1 and status["tasks"]["assigned"] == 0

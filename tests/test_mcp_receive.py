@@ -132,3 +132,25 @@ async def test_priorities_and_batches_follow_the_channel(real_town: Town) -> Non
     assert [m["body"] for m in first["messages"]] == ["urgent", "high", "normal"]
     assert first["inbox"] == {"pending": 1, "urgent": 0}
     assert [m["body"] for m in rest["messages"]] == ["low"]
+
+
+async def test_a_176_kb_inbox_comes_in_results_of_at_most_100_kb_and_nothing_is_acked_unseen(
+    real_town: Town,
+) -> None:
+    await real_town.register_agent("alice")
+    sent = [f"{i:02d}:" + "x" * (16 * 1024 - 3) for i in range(11)]
+    for body in sent:
+        await real_town.send("conductor", "alice", body)
+    seen: list[str] = []
+    async with connect(real_town, "alice") as client:
+        first = await ok(client, "receive", timeout_s=0, max_messages=100)
+        seen += [m["body"] for m in first["messages"]]
+        assert (len(first["messages"]), first["inbox"]["pending"]) == (6, 5)
+        assert (await real_town.inbox_counts("alice")).in_flight == 6  # only what it was shown
+        while True:
+            got = await ok(client, "receive", timeout_s=0, max_messages=100)
+            if not got["messages"]:
+                break
+            assert sum(len(m["body"]) for m in got["messages"]) <= 100 * 1024
+            seen += [m["body"] for m in got["messages"]]
+    assert seen == sent

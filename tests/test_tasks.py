@@ -9,7 +9,7 @@ from conftest import make_config
 from redis.asyncio import Redis
 
 from tinytown.errors import Conflict, Forbidden, Invalid, NotFound, TinytownError
-from tinytown.models import AgentState, MessageKind, Priority, Task, TaskState
+from tinytown.models import AgentState, MessageKind, Priority, Task, TaskDecider, TaskState
 from tinytown.town import Town
 
 pytestmark = pytest.mark.anyio
@@ -115,8 +115,9 @@ async def test_the_assignee_completes_its_task_and_the_creator_hears_of_it(town:
 
     bob = await town.get_agent("bob")
     notices = (await town.receive("lead", timeout_s=0)).messages
-    assert (done.state, done.result) == (TaskState.COMPLETED, "docs written")
-    assert (await town.get_task(task.id)).completed_at is not None
+    assert (done.state, done.result, done.decided_by) == (TaskState.COMPLETED, "docs written", "agent")
+    stored = await town.get_task(task.id)
+    assert stored.completed_at is not None and stored.decided_by == TaskDecider.AGENT
     assert (bob.tasks_completed, bob.current_task, bob.state) == (1, None, AgentState.IDLE)
     assert [(m.kind, m.task_id, m.body, m.sender) for m in notices] == [
         (MessageKind.TASK_DONE, task.id, "docs written", "bob")]
@@ -132,6 +133,7 @@ async def test_the_assignee_fails_its_task_and_the_creator_gets_the_error(town: 
     notices = (await town.receive("conductor", timeout_s=0)).messages
     bob = await town.get_agent("bob")
     assert (failed.state, failed.error) == (TaskState.FAILED, "tests red")
+    assert (await town.get_task(task.id)).decided_by == TaskDecider.AGENT
     assert [(m.kind, m.body) for m in notices] == [(MessageKind.TASK_FAILED, "tests red")]
     assert (bob.tasks_completed, bob.current_task) == (0, None)
 
@@ -144,6 +146,7 @@ async def test_the_conductor_may_finish_any_task_and_the_assignee_is_told(town: 
 
     notices = (await town.receive("bob", timeout_s=0)).messages
     assert done.state == TaskState.COMPLETED
+    assert (await town.get_task(task.id)).decided_by == TaskDecider.CONDUCTOR
     assert [(m.kind, m.task_id) for m in notices] == [(MessageKind.TASK_DONE, task.id)]
     assert (await town.get_agent("bob")).tasks_completed == 1
 
@@ -282,6 +285,7 @@ async def test_the_creator_may_cancel_its_own_backlog_task(town: Town) -> None:
     cancelled = await town.cancel_task(task.id, by="lead")
 
     assert cancelled.state == TaskState.CANCELLED
+    assert (await town.get_task(task.id)).decided_by == TaskDecider.CREATOR
     assert (await town.list_tasks(state="pending")).tasks == []
     with pytest.raises(NotFound):
         await town.claim("lead")

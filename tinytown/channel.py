@@ -72,10 +72,14 @@ class Received:
 class Channel:
     """Messages in and out of agents' inboxes.  Agents are addressed by id here."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, max_inbox: int = 10_000) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, max_inbox: int = 10_000, max_receive_bytes: int = 0
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.max_inbox = max_inbox
+        # message bodies in one receive batch (0: no cap); the rest waits for the next receive
+        self.max_receive_bytes = max_receive_bytes
         self._sha = hashlib.sha1(TOWN_LUA.encode()).hexdigest()
 
     async def _run(self, op: str, *args: Any) -> Any:
@@ -124,6 +128,9 @@ class Channel:
     ) -> Received:
         """Wait up to ``timeout_s`` for messages; return as soon as any arrive.
 
+        A batch holds at most ``max_messages`` messages whose bodies total at most
+        ``max_receive_bytes`` (always at least one message); the rest stays queued.
+
         The batch moves atomically into the agent's in-flight set; it is acknowledged by
         the next receive (when ``ack_previous``), by :meth:`ack`, or redelivered to the
         front of the inbox after ``redelivery_after_s``.  Waiting happens in slices of
@@ -149,6 +156,7 @@ class Channel:
                     int(redelivery_after_s * 1000),
                     "1" if ack_previous else "0",
                     EVENTS_MAXLEN,
+                    self.max_receive_bytes,
                 )
             if rows is None:
                 raise Unavailable(f"Redis did not answer a receive within {SCRIPT_GRACE_S:g} s")

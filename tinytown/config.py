@@ -48,6 +48,9 @@ class Limits(_Strict):
     max_description_bytes: int = Field(16 * 1024, gt=0)
     max_result_bytes: int = Field(64 * 1024, gt=0)
     max_inbox: int = Field(10_000, gt=0)
+    # One receive returns message bodies up to this total; the rest stays queued for the
+    # next receive (a single message larger than this still comes, alone).
+    max_receive_bytes: int = Field(100 * 1024, gt=0)
 
 
 class AgentCliSettings(_Strict):
@@ -57,6 +60,8 @@ class AgentCliSettings(_Strict):
     prompt: Literal["stdin", "arg"] = "stdin"
     env: dict[str, str] = Field(default_factory=dict)
     mcp_config_args: list[str] = Field(default_factory=list)
+    # False: the CLI cannot report a task (no MCP, no shell); its exit code decides the end.
+    reports: bool = True
 
 
 class TownConfig(_Strict):

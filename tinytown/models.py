@@ -49,6 +49,17 @@ class TaskState(StrEnum):
         return self in FINAL_TASK_STATES
 
 
+class TaskDecider(StrEnum):
+    """Who decided how a task ended (``Task.decided_by``): the record says whether the agent
+    reported or something else concluded for it."""
+
+    AGENT = "agent"  # the assignee reported (task_done / task_failed, MCP or `tt`)
+    RUNNER = "runner"  # the runner concluded: the CLI exited non-zero, or never reported
+    EXIT_CODE = "exit_code"  # a preset that cannot report (`reports = false`): exit 0 or not
+    CONDUCTOR = "conductor"  # the conductor finished or cancelled it
+    CREATOR = "creator"  # its creator cancelled it
+
+
 FINAL_TASK_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
 
 # The legal moves of a task (SPEC 4).  Reclaiming from a dead agent is the only way back.
@@ -165,6 +176,7 @@ class Task(Record):
     attempt: int = 0
     result: str | None = None
     error: str | None = None
+    decided_by: TaskDecider | None = None  # set when the task ends: how its end was decided
     created_at: int = Field(default_factory=now_ms)
     updated_at: int = Field(default_factory=now_ms)
     started_at: int | None = None

@@ -21,7 +21,8 @@ Built-ins (checked against each tool's non-interactive mode):
   ``--mcp-config``; it reads MCP servers from ``config.toml``, and ``-c key=value`` (values in
   TOML) overrides that file for one run.  ``-`` reads the prompt from stdin.
 * ``aider``   ``aider --yes-always --message-file F`` (a file, not ``--message``: one argv
-  element is limited to 128 KiB on Linux).  Aider has no MCP; it reports through ``tt``.
+  element is limited to 128 KiB on Linux).  Aider has no MCP and cannot run ``tt``, so it
+  cannot report (``reports=False``): its exit code decides.
 * ``gemini``  ``gemini -p PROMPT``.  Gemini CLI takes MCP servers from its settings.json only.
 * ``scripted`` ``python -m tinytown_mcp.scripted_agent``: a deterministic MCP client of
   ``tinytown-mcp``; always available; what ``tt demo`` and the tests use.
@@ -29,7 +30,8 @@ Built-ins (checked against each tool's non-interactive mode):
 ``[agent_clis.NAME]`` tables in ``tinytown.toml`` add presets (or replace a built-in of the
 same name): ``command = [...]``, ``prompt = "stdin" | "arg"``, ``env = {}``, and
 ``mcp_config_args = [...]`` appended after the command (e.g. ``["--mcp-config",
-"{mcp_config}"]``).
+"{mcp_config}"]``), and ``reports = false`` for a CLI that cannot report its task (then its
+exit code decides: 0 completed, else failed, recorded as ``decided_by = "exit_code"``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class Preset:
     env: Mapping[str, str] = field(default_factory=dict)
     install_hint: str = ""
     builtin: bool = True
+    # Whether the CLI can report a task (MCP tools or a shell for `tt`).  One that cannot
+    # (aider) has its tasks decided by its exit code, recorded as ``decided_by = exit_code``.
+    reports: bool = True
 
     @property
     def program(self) -> str:
@@ -169,6 +174,7 @@ BUILTIN_PRESETS: dict[str, Preset] = {
         ("aider", "--yes-always", "--message-file", "{prompt_file}"),
         prompt="stdin",
         install_hint="python -m pip install aider-install && aider-install",
+        reports=False,
     ),
     "gemini": Preset(
         "gemini",
@@ -192,6 +198,7 @@ def all_presets(config: TownConfig) -> dict[str, Preset]:
         command = (*settings.command, *settings.mcp_config_args)
         presets[name] = Preset(
             name, tuple(command), prompt=settings.prompt, env=dict(settings.env), builtin=False,
+            reports=settings.reports,
         )
     return presets
 

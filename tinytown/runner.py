@@ -46,7 +46,15 @@ from anyio.abc import Process
 
 from tinytown.config import TownPaths
 from tinytown.errors import Conflict, Invalid, NotFound, TinytownError, Unavailable
-from tinytown.models import AgentState, Message, MessageKind, Task, TaskState, normalise_agent_name
+from tinytown.models import (
+    AgentState,
+    Message,
+    MessageKind,
+    Task,
+    TaskDecider,
+    TaskState,
+    normalise_agent_name,
+)
 from tinytown.presets import Preset, RoundInputs, resolve_preset, round_env
 from tinytown.processes import RunnerLock, lock_path, round_log_path
 from tinytown.prompting import render_round_prompt
@@ -337,6 +345,8 @@ class Runner:
         """A task the CLI left ``running`` is finished by the exit code, with the output tail."""
         tail = read_tail(result.log, start=result.log_offset)
         preset = self._preset.name if self._preset else "the CLI"
+        reports = self._preset.reports if self._preset else True
+        decider = TaskDecider.RUNNER if reports else TaskDecider.EXIT_CODE
         for task_id, started in tasks.items():
             task = await self.town.get_task(task_id)
             if task.state != TaskState.RUNNING or task.attempt != started.attempt:
@@ -345,13 +355,13 @@ class Runner:
                 if result.exit_code == 0:
                     await self.town.complete_task(
                         task_id, tail or f"{preset} exited 0 without output", by=self.name,
-                        attempt=started.attempt,
+                        attempt=started.attempt, decided_by=decider,
                     )
                 else:
                     error = f"{preset} exited with code {result.exit_code}"
                     await self.town.fail_task(
                         task_id, f"{error}:\n{tail}" if tail else error, by=self.name,
-                        attempt=started.attempt,
+                        attempt=started.attempt, decided_by=decider,
                     )
             except Conflict:
                 pass  # reported meanwhile: the CLI's own report stands

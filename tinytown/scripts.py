@@ -5,7 +5,8 @@ One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
 ``send``      enqueue one message, or a copy for every live agent (``to = "all"``)
 ``receive``   implicit ack of the caller's in-flight messages, redelivery of overdue
               in-flight messages, then pop up to N ids (highest priority first, FIFO inside
-              one) into the caller's in-flight set; an assignment it delivers marks the task
+              one; message bodies up to a byte cap, at least one message) into the caller's
+              in-flight set; an assignment it delivers marks the task
               ``running``.  Returns ``{counts, messages}``: the caller's inbox counts come
               with the batch, so a receive needs no second call to report them
 ``ack``       acknowledge in-flight messages by id
@@ -175,7 +176,7 @@ if OP == 'send' then
   return ids
 end
 
--- ARGV: now, agent, session, max, redelivery_ms, ack_previous, maxlen
+-- ARGV: now, agent, session, max, redelivery_ms, ack_previous, maxlen, max_bytes
 if OP == 'receive' then
   local now = tonumber(ARGV[3])
   local agent = ARGV[4]
@@ -204,8 +205,21 @@ if OP == 'receive' then
   requeue_due(now, 100, redeliver_ms)
   if not ack_previous then held = redis.call('ZCARD', P .. 'inflight:' .. agent) end
   local out = {}
+  -- bodies up to max_bytes per batch (0: no cap); the message that would pass it stays at
+  -- the head of its list for the next receive, so one batch always holds at least one
+  local max_bytes = tonumber(ARGV[10] or '0') or 0
+  local taken = 0
+  local full = false
   for _, pr in ipairs(PRIOS) do
-    while #out < max do
+    while #out < max and not full do
+      if max_bytes > 0 and #out > 0 then
+        local head = redis.call('LINDEX', inbox(agent, pr), 0)
+        if not head then break end
+        if taken + redis.call('HSTRLEN', P .. 'msg:' .. head, 'body') > max_bytes then
+          full = true
+          break
+        end
+      end
       local id = redis.call('LPOP', inbox(agent, pr))
       if not id then break end
       local mkey = P .. 'msg:' .. id
@@ -224,6 +238,7 @@ if OP == 'receive' then
         redis.call('ZADD', P .. 'inflight_due', string.format('%d', now + redeliver_ms) .. frac,
           agent .. '|' .. id)
         out[#out + 1] = fields
+        taken = taken + string.len(m['body'] or '')
         local task_id = m['task_id']
         if m['kind'] == 'task' and task_id then
           local tkey = P .. 'task:' .. task_id
@@ -243,7 +258,7 @@ if OP == 'receive' then
   end
   -- fewer than asked means every list is empty now: the bell has nothing to announce
   -- (a full batch leaves it; a spurious wake costs one empty pop, never a lost message)
-  if #out < max then redis.call('DEL', P .. 'bell:' .. agent) end
+  if #out < max and not full then redis.call('DEL', P .. 'bell:' .. agent) end
   redis.call('HSET', akey, 'last_seen', now)
   if a[3] == 'starting' then redis.call('HSET', akey, 'state', 'idle') end
   return {mailbox_counts(agent), out}

@@ -27,6 +27,7 @@ from tinytown.models import (
     MessageKind,
     Priority,
     Task,
+    TaskDecider,
     TaskPage,
     TaskState,
     normalise_agent_name,
@@ -61,6 +62,16 @@ def parse_enum(enum: type[E], value: Any, what: str) -> E:
     except ValueError:
         choices = ", ".join(str(m.value) for m in enum)
         raise Invalid(f"{what} must be one of {choices}, not {value!r}") from None
+
+
+def _decider(task: Task, caller: Agent) -> TaskDecider:
+    """Who decided a task's end when the caller does not say: its assignee reporting, the
+    conductor, or (cancelling) its creator."""
+    if task.assigned_to == caller.id:
+        return TaskDecider.AGENT
+    if caller.name == CONDUCTOR:
+        return TaskDecider.CONDUCTOR
+    return TaskDecider.CREATOR
 
 
 def check_size(text: str, limit: int, what: str) -> None:
@@ -258,9 +269,14 @@ class TaskOps:
     # ----------------------------------------------------------------- finishing
 
     async def complete_task(
-        self, task_id: str, result: str, *, by: str, attempt: int | None = None
+        self, task_id: str, result: str, *, by: str, attempt: int | None = None,
+        decided_by: TaskDecider | None = None,
     ) -> Task:
         """Mark a task ``completed`` with ``result``; the creator gets a ``task_done`` message.
+
+        ``decided_by`` is recorded with the task; by default it follows from ``by`` (the
+        assignee: ``agent``; the conductor: ``conductor``).  The runner passes ``runner`` or
+        ``exit_code`` when it concludes for a CLI that did not report.
 
         Raises:
             Forbidden: ``by`` is neither the assignee nor the conductor.
@@ -269,12 +285,16 @@ class TaskOps:
             Invalid: result over the limit.
         """
         check_size(result, self.config.limits.max_result_bytes, "the result")
-        return await self._finish(task_id, TaskState.COMPLETED, result, by, attempt)
+        return await self._finish(task_id, TaskState.COMPLETED, result, by, attempt, decided_by)
 
-    async def fail_task(self, task_id: str, error: str, *, by: str, attempt: int | None = None) -> Task:
-        """Mark a task ``failed`` with ``error``; the creator gets a ``task_failed`` message."""
+    async def fail_task(
+        self, task_id: str, error: str, *, by: str, attempt: int | None = None,
+        decided_by: TaskDecider | None = None,
+    ) -> Task:
+        """Mark a task ``failed`` with ``error``; the creator gets a ``task_failed`` message.
+        ``decided_by`` as for :meth:`complete_task`."""
         check_size(error, self.config.limits.max_result_bytes, "the error")
-        return await self._finish(task_id, TaskState.FAILED, error, by, attempt)
+        return await self._finish(task_id, TaskState.FAILED, error, by, attempt, decided_by)
 
     async def cancel_task(self, task_id: str, reason: str | None = None, *, by: str) -> Task:
         """Cancel a task that is not finished; its creator and assignee are told.
@@ -285,7 +305,8 @@ class TaskOps:
         return await self._finish(task_id, TaskState.CANCELLED, reason, by, None)
 
     async def _finish(
-        self, task_id: str, target: TaskState, text: str | None, by: str, attempt: int | None
+        self, task_id: str, target: TaskState, text: str | None, by: str, attempt: int | None,
+        decided_by: TaskDecider | None = None,
     ) -> Task:
         caller = await self.get_agent(by)
 
@@ -306,7 +327,9 @@ class TaskOps:
             task_key = self._k(self.keys.task(task.id))
             plan.guard(task_key, "state", [task.state.value], "retry", "task changed")
             plan.guard(task_key, "attempt", [str(task.attempt)], "retry", "task changed")
-            fields: dict[str, Any] = {"state": target.value, "updated_at": now, "completed_at": now}
+            decider = decided_by or _decider(task, caller)
+            fields: dict[str, Any] = {"state": target.value, "updated_at": now, "completed_at": now,
+                                      "decided_by": decider.value}
             if text is not None:
                 fields["error" if target != TaskState.COMPLETED else "result"] = text
             plan.hset.append([task_key, {k: str(v) for k, v in fields.items()}])
@@ -330,7 +353,8 @@ class TaskOps:
                 msg = Message(id=str(uuid.uuid4()), sender=caller.name, to=agent.name, kind=kind,
                               body=body, priority=task.priority, task_id=task.id)
                 plan.send.append([agent.id, msg.to_redis(), agent.name])
-            plan.event(f"task.{target.value}", task_id=task.id, by=caller.name, attempt=task.attempt)
+            plan.event(f"task.{target.value}", task_id=task.id, by=caller.name, attempt=task.attempt,
+                       decided_by=decider.value)
             await self.channel.apply(plan)
             return updated
 

@@ -91,7 +91,8 @@ class Town(TaskOps, LifecycleOps):
         self.config = config
         self.paths = paths
         self.keys = Keys(config.name)
-        self.channel = Channel(redis, self.keys, max_inbox=config.limits.max_inbox)
+        self.channel = Channel(redis, self.keys, max_inbox=config.limits.max_inbox,
+                               max_receive_bytes=config.limits.max_receive_bytes)
         self.redis_display = redis_display or mask_url(config.redis.url) or "(injected client)"
         self._owns_redis = False
         self._ids: dict[str, str] = {}
@@ -410,7 +411,9 @@ class Town(TaskOps, LifecycleOps):
         """Block until messages for ``agent`` arrive (highest priority first) or time out.
 
         Acknowledges the batch this agent received before (unless ``ack_previous`` is
-        false).  A timeout is a normal result with ``timed_out`` set.  While waiting,
+        false).  One batch holds message bodies up to ``[limits] max_receive_bytes`` in
+        total (at least one message); what does not fit stays queued for the next receive.
+        A timeout is a normal result with ``timed_out`` set.  While waiting,
         ``progress(elapsed_s, timeout_s)`` is awaited every ``progress_every_s``.
 
         Raises:

@@ -198,6 +198,7 @@ def task_parts(task: Task, names: dict[str, str]) -> list[Part]:
         ("created", clock(task.created_at)), ("updated", clock(task.updated_at)),
         ("started", clock(task.started_at) if task.started_at else None),
         ("finished", clock(task.completed_at) if task.completed_at else None),
+        ("decided_by", task.decided_by.value if task.decided_by else None),
     ]  # fmt: skip
     table = Table(["field", "value"])
     for name, value in fields:
