@@ -42,6 +42,8 @@ PRESETS: dict[str, list[str]] = {
     "sleepy": [PY, "-c", "import os, time; print('pid', os.getpid(), flush=True); time.sleep(600)"],
     # a round of about a second that finishes by itself
     "brief": [PY, "-c", "import time; time.sleep(1); print('finished after a second')"],
+    # a real MCP client that records what its round's session is shown (tests/round_probe.py)
+    "probe": [PY, str(Path(__file__).with_name("round_probe.py"))],
     # a program that does not exist
     "ghost": ["tinytown-no-such-program-anywhere"],
 }

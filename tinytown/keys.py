@@ -10,6 +10,7 @@ and several towns can share one Redis without seeing each other.
     tt:{town}:agent:<id>              hash   Agent record
     tt:{town}:inbox:<id>:<priority>   list   message ids, FIFO (RPUSH / LPOP; LPUSH = front)
     tt:{town}:bell:<id>               list   at most one token: "mail arrived" for BLPOP
+    tt:{town}:round:<id>              string the credential of the agent's current runner round
     tt:{town}:inflight:<id>           zset   message id -> delivered-at ms (received, not acked)
     tt:{town}:inflight_due            zset   "<agent id>|<msg id>" -> redeliver-at ms (town-wide)
     tt:{town}:msg:<id>                hash   Message record (+ internal "attempt")
@@ -68,6 +69,11 @@ class Keys:
 
     def bell(self, agent_id: str) -> str:
         return f"{self.prefix}bell:{agent_id}"
+
+    def round(self, agent_id: str) -> str:
+        """The credential an MCP session started inside the runner's current round presents
+        to join the runner's session (set while the round runs, deleted after it)."""
+        return f"{self.prefix}round:{agent_id}"
 
     def inflight(self, agent_id: str) -> str:
         return f"{self.prefix}inflight:{agent_id}"

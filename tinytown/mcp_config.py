@@ -26,6 +26,8 @@ from tinytown.config import TownPaths, mask_url
 Client = Literal["claude", "codex", "cursor", "desktop"]
 CLIENTS: tuple[Client, ...] = ("claude", "codex", "cursor", "desktop")
 SERVER_KEY = "tinytown"
+ROUND_ENV = "TINYTOWN_ROUND"
+"""The variable that carries a runner round's credential to the round's MCP server."""
 
 # Where each client reads the snippet from (shown by `tt mcp config`).
 WHERE: dict[Client, str] = {
@@ -85,17 +87,22 @@ def secrets_masked(reveal_secrets: bool = False) -> bool:
     return bool(url) and not reveal_secrets and mask_url(url) != url
 
 
-def write_agent_mcp_config(paths: TownPaths, agent: str) -> Path:
+def write_agent_mcp_config(paths: TownPaths, agent: str, *, round_credential: str | None = None) -> Path:
     """Write ``.tt/mcp/<agent>.json`` (the ``.mcp.json`` format) and return its path.
 
     The runner points ``TINYTOWN_MCP_CONFIG`` at it; presets that take a config file get
-    it on their command line (e.g. ``claude --mcp-config``).  Mode 0600: it may hold the
-    Redis password.
+    it on their command line (e.g. ``claude --mcp-config``).  ``round_credential`` goes into
+    the server's ``env`` as :data:`ROUND_ENV`: the server then joins the runner's session
+    for that round instead of taking the mailbox over.  Mode 0600: it may hold the Redis
+    password and the round credential.
     """
     directory = paths.mcp_configs
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{agent}.json"
-    text = client_config(paths.root, agent, "claude", reveal_secrets=True)
+    entry = server_entry(paths.root, agent, reveal_secrets=True)
+    if round_credential is not None:
+        entry["env"][ROUND_ENV] = round_credential
+    text = json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"
     tmp = path.with_suffix(".json.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

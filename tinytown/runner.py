@@ -21,10 +21,15 @@ process group), the round is abandoned: its messages stay in flight and its task
 and the killer recovers them.  ``max_rounds`` and ``idle_timeout_s`` end the loop.  On every
 way out the agent is left ``stopped`` (``error`` after a crash, logged with the traceback).
 
-Sessions: a CLI that connects to ``tinytown-mcp`` opens its own session for the same agent,
-which takes over the mailbox (the round's messages come back to the inbox for it to
-``receive``).  After each round the runner takes the mailbox back; messages it already handled
-that come back are acknowledged without a second round.
+Sessions: the runner owns the agent's mailbox session.  Each round gets a credential
+(:meth:`Town.begin_round`) that the generated MCP config passes to ``tinytown-mcp`` as
+``TINYTOWN_ROUND``: the round's MCP session joins the runner's session instead of taking the
+mailbox over, so the round's messages stay in flight with the runner (the agent is never
+shown its own task as pending, nor handed it again) and ``receive`` in the round gets only
+new mail.  The credential is revoked when the round ends.  After the round, whatever the
+round's session received and did not acknowledge comes back to the inbox.  A session from
+outside under the agent's name is refused while the runner lives (``--take-over`` overrides:
+the runner then stops and leaves the agent to that session).
 """
 
 from __future__ import annotations
@@ -132,7 +137,9 @@ class Runner:
                 self.max_rounds = agent.max_rounds
             after = await self.town.last_event_id()
             await self.town.update_agent(self.name, pid=os.getpid())
-            agent, self._session, requeued = await self.town.open_session(self.name, attach=False)
+            agent, self._session, requeued = await self.town.open_session(
+                self.name, attach=False, runner=True
+            )
             log.info("runner of %s started (pid %d, preset %s, %d message(s) requeued)",
                      self.name, os.getpid(), agent.cli, requeued)
             async with anyio.create_task_group() as tg:
@@ -161,9 +168,10 @@ class Runner:
         """The agent no longer claims this process: ``stopped``/``error``, no pid, no session."""
         try:
             agent = await self.town.get_agent(self.name)
-            fields: dict[str, Any] = {"state": final, "pid": None}
+            fields: dict[str, Any] = {"pid": None}
             if agent.session == self._session:
-                fields["session"] = None
+                fields.update(state=final, session=None)
+            # else a session from outside took the agent over on purpose: it is that one's now
             await self.town.update_agent(self.name, **fields)
         except TinytownError as error:
             log.warning("could not mark %s %s: %s", self.name, final.value, error)
@@ -320,6 +328,11 @@ class Runner:
         if result.interrupted:
             self.stop_reason = f"round {result.number} interrupted"
             return True
+        if (await self.town.get_agent(self.name)).session != self._session:
+            # taken over on purpose during the round: the round's messages and tasks went to
+            # the new session; settling them here would finish its work behind its back
+            self.request_stop("a session from outside took the agent over")
+            return True
         await self._settle_tasks(tasks, result)
         await self.town.ack(self.name, ids)
         self._remember(ids)
@@ -374,12 +387,12 @@ class Runner:
             )
         except Conflict:
             pass  # paused (or stopped) during the round: keep that
-        agent = await self.town.get_agent(self.name)
-        if agent.session != self._session:
-            _agent, self._session, requeued = await self.town.open_session(self.name, attach=False)
-            if requeued:
-                log.info("%s: %d message(s) the round's session left unacknowledged are back",
-                         self.name, requeued)
+        # what the round's session received beyond the round (all of the runner's own batch
+        # is acknowledged by now) and did not acknowledge comes back: the session has ended
+        requeued = await self.town.requeue_in_flight(self.name)
+        if requeued:
+            log.info("%s: %d message(s) the round's session left unacknowledged are back",
+                     self.name, requeued)
         await self.town.count_round(self.name, number=result.number, exit_code=result.exit_code)
 
     # ----------------------------------------------------------------- a round
@@ -400,7 +413,9 @@ class Runner:
         prompt_file = self.paths.logs / f"{self.name}.round-{number}.prompt.md"
         prompt_file.parent.mkdir(parents=True, exist_ok=True)
         prompt_file.write_text(prompt, encoding="utf-8")
-        mcp_config = write_agent_mcp_config(self.paths, self.name)
+        # the round's MCP session joins this runner's session with this credential
+        credential = await self.town.begin_round(self.name)
+        mcp_config = write_agent_mcp_config(self.paths, self.name, round_credential=credential)
         inputs = RoundInputs(prompt=prompt, prompt_file=prompt_file, mcp_config=mcp_config,
                              agent=self.name, town=self.paths.root)
         argv = preset.argv(inputs, _tinytown_server(mcp_config))
@@ -414,7 +429,11 @@ class Runner:
         log.info("%s round %d: %d message(s), task(s) %s; %s (log %s)", self.name, number,
                  len(messages), ", ".join(task_ids) or "none", preset.name, log_path)
         offset = log_path.stat().st_size if log_path.exists() else 0
-        exit_code = await self._run_cli(argv, preset.stdin(prompt), env, log_path)
+        try:
+            exit_code = await self._run_cli(argv, preset.stdin(prompt), env, log_path)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self.town.end_round(self.name)
         interrupted = self.stop_requested and exit_code < 0
         log.info("%s round %d: %s exited with %d%s", self.name, number, preset.name, exit_code,
                  " (interrupted by a stop)" if interrupted else "")

@@ -127,6 +127,11 @@ class LifecycleOps:
             return None
         return lock_holder(lock_path(self.paths, agent.name))
 
+    def stop_runner(self, pid: int) -> None:
+        """Ask a runner to stop after its current round (SIGTERM to the runner alone)."""
+        with contextlib.suppress(OSError):
+            signal_process(pid, signal.SIGTERM, group=False)
+
     def runner_known_gone(self, agent: Agent) -> bool:
         """A spawned agent whose runner, started from this town directory, has ended."""
         if agent.cli is None or self.paths is None or agent.state == AgentState.STARTING:

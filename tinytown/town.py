@@ -10,6 +10,7 @@ enforced here, so every face gets the same rules.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -300,18 +301,40 @@ class Town(TaskOps, LifecycleOps):
             await self.redis.hset(self.keys.agent(agent_id), "last_seen", str(now_ms()))
 
     async def open_session(
-        self, name: str, *, attach: bool = True, session: str | None = None
+        self,
+        name: str,
+        *,
+        attach: bool = True,
+        session: str | None = None,
+        take_over: bool = False,
+        round_credential: str | None = None,
+        runner: bool = False,
     ) -> tuple[Agent, str, int]:
-        """Start a session for an agent: it takes over the mailbox.
+        """Start a session for an agent (the one session model, see the README).
 
-        Registers a missing agent when ``attach`` (``cli = None``: a window a human opened),
-        records the new session id, and puts every message the previous session received
-        but never acknowledged back at the front of the inbox.
+        * ``round_credential`` (what a runner hands the MCP server of its round): the session
+          joins the runner's session.  Nothing changes hands: the round's messages stay in
+          flight with the runner, which acknowledges them after the round.
+        * ``runner``: the agent's runner itself; it takes over the mailbox.
+        * otherwise a session from outside.  It takes over the mailbox, registering a missing
+          agent when ``attach`` (``cli = None``: a window a human opened), unless a runner of
+          the agent is alive: then it is refused, or with ``take_over`` the runner is told to
+          stop and the mailbox is taken anyway.
+
+        Taking over records the new session id and puts every message the previous session
+        received but never acknowledged back at the front of the inbox.
 
         Returns:
             ``(agent, session_id, requeued_count)``.
+
+        Raises:
+            Conflict: a live runner owns the agent (and no ``take_over``), or the round the
+                credential was made for is over.
+            NotFound: no such agent (and no ``attach``).
         """
         key = normalise_agent_name(name)
+        if round_credential is not None:
+            return await self._join_round(key, round_credential)
         try:
             agent = await self.get_agent(key)
         except NotFound:
@@ -319,13 +342,55 @@ class Town(TaskOps, LifecycleOps):
                 raise
             agent = await self.register_agent(key, state=AgentState.IDLE, exist_ok=True)
             await self._event("agent.attached", agent=agent.name)
+        runner_pid = None if runner else self.runner_pid(agent)
+        if runner_pid is not None and not take_over:
+            held = f" (pid {runner_pid})" if runner_pid else ""
+            raise Conflict(
+                f"agent {agent.name} is run by its runner{held}; a session from outside would take "
+                f"its mailbox away. To take over on purpose, stop the runner first (`tt kill "
+                f"{agent.name}`), or start the server with `tinytown-mcp --agent {agent.name} "
+                "--take-over`"
+            )
         session = session or uuid.uuid4().hex
         fields: dict[str, Any] = {"session": session, "last_seen": now_ms()}
         if agent.state in (AgentState.STOPPED, AgentState.ERROR, AgentState.STARTING):
             fields["state"] = AgentState.IDLE
         agent = await self.update_agent(agent.name, **fields)
+        async with wrap_redis_errors():
+            await self.redis.delete(self.keys.round(agent.id))
         requeued = await self.channel.requeue(agent.id)
+        if runner_pid:
+            self.stop_runner(runner_pid)
+        if runner_pid is not None:
+            await self._event("agent.taken_over", agent=agent.name, runner_pid=runner_pid)
         return agent, session, requeued
+
+    async def begin_round(self, name: str) -> str:
+        """A runner starts a round: a new credential for the round's MCP session
+        (``NAME:TOKEN``, see :meth:`open_session`), valid until :meth:`end_round`."""
+        agent = await self.get_agent(name)
+        token = secrets.token_hex(16)
+        async with wrap_redis_errors():
+            await self.redis.set(self.keys.round(agent.id), token)
+        return f"{agent.name}:{token}"
+
+    async def end_round(self, name: str) -> None:
+        """The round is over: its credential no longer joins the runner's session."""
+        agent = await self.get_agent(name)
+        async with wrap_redis_errors():
+            await self.redis.delete(self.keys.round(agent.id))
+
+    async def _join_round(self, key: str, credential: str) -> tuple[Agent, str, int]:
+        owner, _, token = credential.partition(":")
+        agent = await self.get_agent(key)
+        async with wrap_redis_errors():
+            current = await self.redis.get(self.keys.round(agent.id))
+        if owner != agent.name or not token or current != token or not agent.session:
+            raise Conflict(
+                f"the runner round this session was started for is over (agent {agent.name}); "
+                "a round's MCP session lives only as long as its round"
+            )
+        return agent, agent.session, 0
 
     async def delete_agent(self, name: str) -> None:
         """Remove a stopped agent and every key it owns (``prune``), its undelivered and

@@ -39,6 +39,8 @@ class Session:
     agent: str
     session_id: str
     progress_every_s: float = 10.0
+    in_round: bool = False
+    """Joined a runner's session for one round (it took nothing over)."""
 
 
 ToolContext = Context[Session, Any]

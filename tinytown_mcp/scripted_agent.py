@@ -5,8 +5,9 @@
 
 1. reads the MCP client config named by ``TINYTOWN_MCP_CONFIG`` (the ``.mcp.json`` format
    the runner generates) and starts that ``tinytown-mcp`` server over stdio;
-2. calls ``receive`` (the new session took the mailbox over, so the round's messages are
-   there), and also picks up the task ids the prompt on stdin lists;
+2. takes the round's messages from the prompt on stdin (they stay in flight with the runner:
+   the round's session joined the runner's, see :mod:`tinytown.runner`) and calls
+   ``receive`` once for anything newer;
 3. does each task's small job: evaluates an arithmetic expression (``"(17 - 5) * 3"``), else
    counts and reverses the words; a description starting with ``fail:`` is reported failed;
 4. reports it with ``task_done`` / ``task_failed``, answers each ``query`` with
@@ -35,6 +36,8 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 TASK_ID_RE = re.compile(r"^task id: (\S+)", re.MULTILINE)
+MESSAGE_RE = re.compile(r"^--- message \d+ of \d+ ---$|^--- end of messages ---$", re.MULTILINE)
+HEADER_RE = re.compile(r"^(message id|from|kind|priority|task id|in reply to): (\S+)")
 PEERS_ENV = "TINYTOWN_SCRIPTED_PEERS"
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
@@ -76,6 +79,26 @@ def work(description: str) -> tuple[bool, str]:
     return True, f"{text} = {value}"
 
 
+def prompt_messages(prompt: str) -> list[dict[str, Any]]:
+    """The messages a round prompt lists (:func:`tinytown.prompting.render_round_prompt`), as
+    ``receive`` would return them: ``id``, ``from``, ``kind``, ``task_id``, ``body``."""
+    blocks = MESSAGE_RE.split(prompt)[1:-1]
+    found = []
+    for block in blocks:
+        head, _, body = block.strip("\n").partition("\n\n")
+        fields: dict[str, Any] = {}
+        for line in head.splitlines():
+            for part in re.split(r"\s{2,}", line.strip()):
+                match = HEADER_RE.match(part)
+                if match:
+                    fields[match.group(1)] = match.group(2)
+        if "message id" in fields:
+            found.append({"id": fields["message id"], "from": fields.get("from"),
+                          "kind": fields.get("kind"), "task_id": fields.get("task id"),
+                          "body": body.strip()})
+    return found
+
+
 def server_parameters(config_path: Path) -> StdioServerParameters:
     """The ``tinytown`` server of a ``.mcp.json`` file, with this process's environment."""
     data = json.loads(config_path.read_text(encoding="utf-8"))
@@ -111,20 +134,26 @@ class ScriptedAgent:
     def say(self, line: str) -> None:
         print(f"{self.me or 'scripted'}: {line}", flush=True)
 
-    async def round(self, prompt_task_ids: Sequence[str]) -> int:
+    async def round(
+        self, prompt_task_ids: Sequence[str], prompted: Sequence[dict[str, Any]] = ()
+    ) -> int:
         me = await call(self.client, "whoami")
         self.me = str(me.get("agent", {}).get("name", ""))
         got = await call(self.client, "receive", {"timeout_s": 0, "max_messages": 100})
-        messages: list[dict[str, Any]] = list(got.get("messages", []))
+        received: list[dict[str, Any]] = list(got.get("messages", []))
+        known = {str(m["id"]) for m in received}
+        messages = received + [m for m in prompted if m["id"] not in known]
         task_ids: list[str] = []
         to_ack: list[str] = []
         for message in messages:
+            mine = str(message["id"]) in known  # the prompt's are the runner's to acknowledge
             if message.get("kind") == "task" and message.get("task_id"):
                 task_ids.append(str(message["task_id"]))
             elif message.get("kind") == "query":
                 await self.answer(message)
-                to_ack.append(str(message["id"]))
-            else:
+                if mine:
+                    to_ack.append(str(message["id"]))
+            elif mine:
                 to_ack.append(str(message["id"]))
         for task_id in prompt_task_ids:
             if task_id not in task_ids:
@@ -210,7 +239,7 @@ async def amain(args: argparse.Namespace, prompt: str) -> int:
     if env_task and env_task not in task_ids:
         task_ids.append(env_task)
     async with Client(server_parameters(config)) as client:
-        return await ScriptedAgent(client, peers).round(task_ids)
+        return await ScriptedAgent(client, peers).round(task_ids, prompt_messages(prompt))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

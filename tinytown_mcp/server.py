@@ -5,8 +5,11 @@ identity is ``--agent``, else ``TINYTOWN_AGENT``, else ``conductor``.  Opening t
 starts its managed Redis when it is down.  When a client connects, the session takes over
 the agent's mailbox (:meth:`Town.open_session`): a missing agent is registered ("attached",
 ``cli = null``) and whatever a previous session received but never acknowledged is put back
-at the front of the inbox.  Nothing but protocol goes to stdout: logs go to stderr and to
-``.tt/logs/mcp-<agent>.log``.
+at the front of the inbox.  Under the name of a spawned agent whose runner lives, that is
+refused (``conflict:``; ``--take-over`` overrides), except for the server of one of the
+runner's rounds: with ``TINYTOWN_ROUND`` (the round's credential, set in the generated MCP
+config) it joins the runner's session and takes nothing over.  Nothing but protocol goes to
+stdout: logs go to stderr and to ``.tt/logs/mcp-<agent>.log``.
 
 Requests of one session run concurrently (the SDK's dispatcher starts a task per
 request), so a ``receive`` blocked in Redis never holds up other tool calls, and a client
@@ -33,6 +36,7 @@ from pydantic import ValidationError
 import tinytown
 from tinytown.channel import PROGRESS_EVERY_S
 from tinytown.errors import Invalid, TinytownError
+from tinytown.mcp_config import ROUND_ENV
 from tinytown.models import CONDUCTOR, normalise_agent_name
 from tinytown.town import Town
 from tinytown_mcp import guides
@@ -55,10 +59,20 @@ class TownServer(MCPServer[Session]):
     (and an unknown tool as ``not_found:``) instead of the SDK's generic text.
     """
 
-    def __init__(self, town: Town, agent: str, *, progress_every_s: float = PROGRESS_EVERY_S) -> None:
+    def __init__(
+        self,
+        town: Town,
+        agent: str,
+        *,
+        progress_every_s: float = PROGRESS_EVERY_S,
+        round_credential: str | None = None,
+        take_over: bool = False,
+    ) -> None:
         self.town = town
         self.agent = agent
         self.progress_every_s = progress_every_s
+        self.round_credential = round_credential
+        self.take_over = take_over
         tools = catalogue()
         self.gate = ArgumentGate({tool.name: tool.parameters for tool in tools})
         super().__init__(
@@ -95,22 +109,40 @@ class TownServer(MCPServer[Session]):
 
 
 def build_server(
-    town: Town, agent: str = CONDUCTOR, *, progress_every_s: float = PROGRESS_EVERY_S
+    town: Town,
+    agent: str = CONDUCTOR,
+    *,
+    progress_every_s: float = PROGRESS_EVERY_S,
+    round_credential: str | None = None,
+    take_over: bool = False,
 ) -> TownServer:
-    """The MCP server for ``agent`` in ``town`` (the town stays the caller's to close)."""
-    return TownServer(town, normalise_agent_name(agent), progress_every_s=progress_every_s)
+    """The MCP server for ``agent`` in ``town`` (the town stays the caller's to close).
+
+    ``round_credential``: join the runner's session of the round it was made for (what
+    ``TINYTOWN_ROUND`` carries); ``take_over``: take the mailbox even from a live runner.
+    """
+    return TownServer(town, normalise_agent_name(agent), progress_every_s=progress_every_s,
+                      round_credential=round_credential, take_over=take_over)
 
 
 @asynccontextmanager
 async def _lifespan(server: MCPServer[Session]) -> AsyncIterator[Session]:
-    """One connection = one mailbox session: take over the mailbox, keep the agent fresh."""
+    """One connection = one mailbox session (a runner round's session joins the runner's),
+    kept fresh by heartbeats.  Refused (``conflict:``) under the name of an agent whose runner
+    lives, unless it is that runner's round or ``take_over`` was asked for."""
     assert isinstance(server, TownServer)
     town, name = server.town, server.agent
-    agent, session_id, requeued = await town.open_session(name, attach=True)
-    log.info("session %s for %s in %s (cli=%s); %d unacknowledged message(s) requeued",
-             session_id, agent.name, town.name, agent.cli, requeued)
+    agent, session_id, requeued = await town.open_session(
+        name, attach=True, round_credential=server.round_credential, take_over=server.take_over
+    )
+    if server.round_credential is not None:
+        log.info("session for %s in %s joined its runner's round", agent.name, town.name)
+    else:
+        log.info("session %s for %s in %s (cli=%s); %d unacknowledged message(s) requeued",
+                 session_id, agent.name, town.name, agent.cli, requeued)
     session = Session(town=town, agent=agent.name, session_id=session_id,
-                      progress_every_s=server.progress_every_s)
+                      progress_every_s=server.progress_every_s,
+                      in_round=server.round_credential is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, town, agent.name, min(HEARTBEAT_MAX_S, town.config.stale_after_s / 3))
         try:
@@ -141,6 +173,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="town directory (default: $TINYTOWN_TOWN, else search upward)")
     parser.add_argument("--agent", default=None,
                         help="the caller's identity (default: $TINYTOWN_AGENT, else conductor)")
+    parser.add_argument("--take-over", action="store_true",
+                        help="take the agent's mailbox even from its live runner (the runner stops)")
     parser.add_argument("--log-level", default=os.environ.get("TINYTOWN_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (stderr and log file)")
     return parser.parse_args(argv)
@@ -167,12 +201,24 @@ def log_to_file(town: Town, agent: str) -> Path | None:
     return path
 
 
+def round_credential_for(agent: str) -> str | None:
+    """``TINYTOWN_ROUND`` when it was made for ``agent`` (``NAME:TOKEN``); a credential of
+    another agent (a server started inside someone's round under another name) is ignored."""
+    credential = os.environ.get(ROUND_ENV)
+    if not credential:
+        return None
+    if credential.partition(":")[0] != agent:
+        log.warning("%s names another agent than %s; ignored", ROUND_ENV, agent)
+        return None
+    return credential
+
+
 def resolve_identity(explicit: str | None) -> str:
     """``--agent``, else ``TINYTOWN_AGENT``, else ``conductor`` (``supervisor`` means conductor)."""
     return normalise_agent_name(explicit or os.environ.get("TINYTOWN_AGENT") or CONDUCTOR)
 
 
-async def serve(town_path: Path | None, agent: str) -> None:
+async def serve(town_path: Path | None, agent: str, take_over: bool = False) -> None:
     """Open the town (starting its managed Redis if needed) and serve stdio until EOF.
 
     Raises:
@@ -186,7 +232,10 @@ async def serve(town_path: Path | None, agent: str) -> None:
         logfile = log_to_file(town, agent)
         log.info("tinytown-mcp %s (pid %d) serving %s as %s (Redis %s, log %s)",
                  tinytown.__version__, os.getpid(), town.name, agent, town.redis_display, logfile)
-        await build_server(town, agent).run_stdio_async()
+        server = build_server(
+            town, agent, round_credential=round_credential_for(agent), take_over=take_over
+        )
+        await server.run_stdio_async()
     finally:
         await town.close()
 
@@ -197,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.log_level)
     try:
         agent = resolve_identity(args.agent)
-        anyio.run(serve, args.town, agent)
+        anyio.run(serve, args.town, agent, args.take_over)
     except TinytownError as error:
         sys.stderr.write(f"tinytown-mcp: {error}\n")
         sys.exit(1)

@@ -29,7 +29,9 @@ AgentName = Annotated[str, Field(min_length=1, max_length=32)]
 
 async def whoami(ctx: ToolContext) -> CallToolResult:
     """Who you are in this town: your agent record, the town, your current task (in full, if you
-    have one) and your inbox counts. Call it first if you are unsure of your name or task."""
+    have one) and your inbox counts. Call it first if you are unsure of your name or task.
+    `in_round: true` means a runner started you for one round: the round's messages are in your
+    prompt (and stay in flight); `receive` gets only new mail."""
 
     async def call(s: Session) -> dict[str, Any]:
         agent = await s.town.get_agent(s.agent)
@@ -42,7 +44,8 @@ async def whoami(ctx: ToolContext) -> CallToolResult:
         counts = await s.town.inbox_counts(s.agent)
         return {
             "agent": agent, "town": s.town.name, "root": str(s.town.root) if s.town.root else None,
-            "session": s.session_id, "current_task": task, "in_flight": counts.in_flight,
+            "session": s.session_id, "in_round": s.in_round, "current_task": task,
+            "in_flight": counts.in_flight,
             "inbox": {"pending": counts.pending, "urgent": counts.urgent},
         }
 
