@@ -29,7 +29,7 @@ def _toml_list(items: list[str]) -> str:
 PRESETS: dict[str, list[str]] = {
     # exits non-zero without reporting: the runner fails the task with the output tail
     "fail": [PY, "-c", "import sys; print('boom: the build broke'); sys.exit(3)"],
-    # exits 0 without reporting: the runner completes the task with the output tail
+    # cannot report (reports = false below): exit 0 completes the task with the output tail
     "echo": [PY, "-c", (
         "import os, pathlib, sys; prompt = sys.stdin.read(); "
         "print('agent', os.environ['TINYTOWN_AGENT'], 'task', os.environ.get('TINYTOWN_TASK_ID'), "
@@ -40,19 +40,33 @@ PRESETS: dict[str, list[str]] = {
     "callback": [PY, "-m", "tinytown_mcp.scripted_agent"],
     # a round that takes a while: prints its pid, then sleeps
     "sleepy": [PY, "-c", "import os, time; print('pid', os.getpid(), flush=True); time.sleep(600)"],
-    # a round of about a second that finishes by itself
+    # a round of about a second that finishes by itself (cannot report: exit 0 completes)
     "brief": [PY, "-c", "import time; time.sleep(1); print('finished after a second')"],
     # a real MCP client that records what its round's session is shown (tests/round_probe.py)
     "probe": [PY, str(Path(__file__).with_name("round_probe.py"))],
+    # can report but never does: prints its prompt and exits 0
+    "silent": [PY, "-c", "import sys; print(sys.stdin.read()); print('done, I think')"],
+    # reports only when asked again: runs the `tt task done` command the follow-up names
+    "late": [PY, "-c", (
+        "import re, subprocess, sys; prompt = sys.stdin.read(); "
+        "m = re.search(r'without MCP, run: (\\S+) task done (\\S+) ', prompt); "
+        "print('first round, not reporting') if 'Report now' not in prompt else "
+        "subprocess.run([m.group(1), 'task', 'done', m.group(2), 'reported when asked'], check=True)"
+    )],
     # a program that does not exist
     "ghost": ["tinytown-no-such-program-anywhere"],
 }
 
 
+# presets whose CLI cannot report: the exit code decides their tasks
+CANNOT_REPORT = {"echo", "brief"}
+
+
 def write_presets(root: Path, extra: str = "") -> None:
     lines = [(root / "tinytown.toml").read_text()]
     for name, command in PRESETS.items():
-        lines.append(f"[agent_clis.{name}]\ncommand = {_toml_list(command)}\n")
+        reports = "reports = false\n" if name in CANNOT_REPORT else ""
+        lines.append(f"[agent_clis.{name}]\ncommand = {_toml_list(command)}\n{reports}")
     lines.append('[agent_clis.callback.env]\nTINYTOWN_SCRIPTED_PEERS = ""\n')
     (root / "tinytown.toml").write_text("\n".join(lines) + extra)
 

@@ -76,24 +76,24 @@ async def test_conductor_assigns_two_agents_over_stdio_and_receives_both_results
     assert (await town.get_agent("alice")).cli is None  # attached, not spawned
 
 
-def server_pid(errlog: Path) -> int:
-    found = re.search(r"\(pid (\d+)\) serving", errlog.read_text())
-    assert found, errlog.read_text()
-    return int(found.group(1))
+def server_pid(env: dict[str, str], agent: str) -> int:
+    """The pid of the latest server serving ``agent``, from its log file."""
+    log = Path(env["TINYTOWN_TOWN"]) / ".tt" / "logs" / f"mcp-{agent}.log"
+    found = re.findall(r"\(pid (\d+)\) serving", log.read_text())
+    assert found, log.read_text()
+    return int(found[-1])
 
 
 async def test_a_message_received_by_a_killed_server_is_redelivered_to_the_next_session(
-    tt_env: dict[str, str], town: Town, tmp_path: Path
+    tt_env: dict[str, str], town: Town
 ) -> None:
-    errlog = tmp_path / "first.err"
     with anyio.fail_after(30):
-        with errlog.open("w") as err:
-            async with stdio(tt_env, "worker", errlog=err) as first:
-                sent = await town.send("conductor", "worker", "survive this")
-                got = await ok(first, "receive", timeout_s=10)
-                os.kill(server_pid(errlog), signal.SIGKILL)
-                with pytest.raises(MCPError, match="Connection closed"):
-                    await first.call_tool("whoami", {})
+        async with stdio(tt_env, "worker") as first:
+            sent = await town.send("conductor", "worker", "survive this")
+            got = await ok(first, "receive", timeout_s=10)
+            os.kill(server_pid(tt_env, "worker"), signal.SIGKILL)
+            with pytest.raises(MCPError, match="Connection closed"):
+                await first.call_tool("whoami", {})
         assert [(m["id"], m["delivery_count"]) for m in got["messages"]] == [(sent.message.id, 1)]
         assert (await town.inbox_counts("worker")).in_flight == 1
         async with stdio(tt_env, "worker") as second:
@@ -143,7 +143,7 @@ def rpc(method: str, params: dict[str, Any], ident: int | None = None) -> str:
     return json.dumps(message) + "\n"
 
 
-async def test_python_m_tinytown_mcp_writes_only_protocol_to_stdout_and_logs_elsewhere(
+async def test_python_m_tinytown_mcp_writes_only_protocol_to_stdout_and_info_only_to_its_log_file(
     tt_env: dict[str, str],
 ) -> None:
     requests = [
@@ -170,9 +170,11 @@ async def test_python_m_tinytown_mcp_writes_only_protocol_to_stdout_and_logs_els
     assert json.loads(by_id[2]["content"][0]["text"])["agent"]["name"] == "carol"
     assert by_id[3]["isError"] is True
     assert by_id[3]["content"][0]["text"].startswith("invalid: receive: timeout_s")
-    assert "serving" in stderr
-    log = Path(tt_env["TINYTOWN_TOWN"]) / ".tt" / "logs" / "mcp-carol.log"
-    assert "session" in log.read_text()
+    # INFO goes to the log file only: a client shows every stderr line as an error
+    log = (Path(tt_env["TINYTOWN_TOWN"]) / ".tt" / "logs" / "mcp-carol.log").read_text()
+    assert "serving" in log and "session" in log and "receive as carol refused" in log
+    assert " INFO " in log
+    assert "INFO" not in stderr and "serving" not in stderr and "refused" not in stderr, stderr
 
 
 async def test_a_message_at_the_size_limit_crosses_stdio_intact(tt_env: dict[str, str]) -> None:

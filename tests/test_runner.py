@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from runner_support import next_event, open_spawn_town, round_done, task_settled, wait_for_line
 
-from tinytown.models import AgentState, MessageKind, TaskState
+from tinytown.models import AgentState, MessageKind, TaskDecider, TaskState
 from tinytown.processes import lock_holder, lock_path, pid_alive, wait_exit
 from tinytown.runner import Runner
 
@@ -30,11 +30,14 @@ async def test_a_scripted_agent_completes_its_task_through_the_mcp_server(tt_env
         done = await town.get_task(task.id)
         assert done.state == TaskState.COMPLETED
         assert done.result == "2 + 3 * 4 = 14"  # the agent's own report, not the output tail
+        assert done.decided_by == TaskDecider.AGENT
         alice = await town.get_agent("alice")
         assert alice.tasks_completed == 1
         assert town.paths is not None
         log = (town.paths.logs / "alice.round-1.log").read_text()
-        assert "serving" in log and "alice: task" in log  # the MCP server and the agent spoke
+        # the agent spoke; the MCP server's INFO lines went to its own log file, not stderr
+        assert "alice: task" in log and "serving" not in log and "INFO" not in log
+        assert "serving" in (town.paths.logs / "mcp-alice.log").read_text()
         notices = await town.inbox("conductor")
         assert [(m.kind, m.task_id) for m in notices] == [(MessageKind.TASK_DONE, task.id)]
 
@@ -50,16 +53,16 @@ async def test_a_custom_preset_that_calls_back_through_the_mcp_config_reports_it
         assert (done.state, done.result) == (TaskState.COMPLETED, "2 words; reversed: town tiny")
 
 
-async def test_a_cli_that_exits_zero_without_reporting_completes_the_task_with_its_output(
+async def test_a_preset_that_cannot_report_has_its_task_completed_by_exit_code_and_marked_so(
     tt_env: dict[str, str],
 ) -> None:
     async with open_spawn_town(tt_env) as town:
-        await town.spawn_agent("carol", cli="echo")
+        await town.spawn_agent("carol", cli="echo")  # reports = false
         after = await town.channel.last_event_id()
         task = await town.assign("say something", agent="carol")
         await round_done(town, "carol", after)
         done = await town.get_task(task.id)
-        assert done.state == TaskState.COMPLETED
+        assert (done.state, done.decided_by) == (TaskState.COMPLETED, TaskDecider.EXIT_CODE)
         root = Path(tt_env["TINYTOWN_TOWN"]).resolve()
         # the round's environment and working directory, as the CLI saw them
         assert f"agent carol task {task.id} cwd {root} mcp True town {root}" in (done.result or "")
@@ -75,11 +78,73 @@ async def test_a_cli_that_exits_non_zero_fails_its_task_with_the_output_tail(tt_
         event = await round_done(town, "dave", after)
         assert event.data["exit_code"] == 3
         done = await town.get_task(task.id)
-        assert done.state == TaskState.FAILED
+        assert (done.state, done.decided_by) == (TaskState.FAILED, TaskDecider.RUNNER)
         assert done.error == "fail exited with code 3:\nboom: the build broke"
+        assert town.paths is not None  # no follow-up round after a non-zero exit
+        assert not (town.paths.logs / "dave.round-1.followup.prompt.md").exists()
         dave = await town.get_agent("dave")
         assert dave.state == AgentState.IDLE and dave.rounds_completed == 1
         assert await town.in_flight("dave") == []
+
+
+async def test_a_cli_that_exits_zero_without_reporting_is_asked_again_and_then_fails_its_task(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("sid", cli="silent")
+        after = await town.channel.last_event_id()
+        task = await town.assign("fix the flaky test", agent="sid")
+        event = await round_done(town, "sid", after)
+        assert event.data["exit_code"] == 0
+        done = await town.get_task(task.id)
+        assert (done.state, done.decided_by) == (TaskState.FAILED, TaskDecider.RUNNER)
+        assert done.error is not None
+        assert done.error.startswith(
+            "the agent did not report: silent exited 0 without reporting, also after a follow-up "
+            "round that asked it to:\n"
+        )
+        assert done.error.endswith("done, I think")  # the output tail
+        sid = await town.get_agent("sid")
+        assert (sid.state, sid.rounds_completed, sid.tasks_completed) == (AgentState.IDLE, 1, 0)
+        assert await town.in_flight("sid") == []
+        notices = await town.inbox("conductor")
+        assert [(m.kind, m.task_id) for m in notices] == [(MessageKind.TASK_FAILED, task.id)]
+
+        assert town.paths is not None
+        tt = str(Path(sys.executable).parent / "tt")
+        followup = (town.paths.logs / "sid.round-1.followup.prompt.md").read_text()
+        assert "Report now" in followup
+        assert f'task_done(task_id="{task.id}"' in followup  # the exact tool, and command:
+        assert f'without MCP, run: {tt} task done {task.id} "<result>"' in followup
+        log = (town.paths.logs / "sid.round-1.log").read_text()
+        assert log.count("done, I think") == 2  # both runs wrote to the round's log
+        assert "--- tinytown: follow-up round" in log and followup in log
+        first = (town.paths.logs / "sid.round-1.prompt.md").read_text()
+        assert f"{tt} task done <task id>" in first  # tt by absolute path
+
+        runner_log = (town.paths.logs / "sid.runner.log").read_text()
+        assert runner_log.count("<prompt ") == 2 and "fix the flaky test" not in runner_log
+        assert f"round 1: silent runs {sys.executable} -c " in runner_log
+        assert (f"round 1 follow-up: silent runs {sys.executable} -c " in runner_log)
+        assert ("round 1: environment set TINYTOWN_AGENT, TINYTOWN_MCP_CONFIG, TINYTOWN_TASK_ID, "
+                "TINYTOWN_TOWN") in runner_log
+
+
+async def test_a_cli_that_reports_in_its_follow_up_round_completes_its_task(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("liv", cli="late")
+        after = await town.channel.last_event_id()
+        task = await town.assign("update the changelog", agent="liv")
+        await round_done(town, "liv", after)
+        done = await town.get_task(task.id)
+        assert (done.state, done.result, done.decided_by) == (
+            TaskState.COMPLETED, "reported when asked", TaskDecider.AGENT)
+        assert town.paths is not None
+        assert "first round, not reporting" in (town.paths.logs / "liv.round-1.log").read_text()
+        liv = await town.get_agent("liv")
+        assert (liv.rounds_completed, liv.tasks_completed) == (1, 1)
 
 
 async def test_an_info_only_batch_is_acknowledged_without_running_the_cli(tt_env: dict[str, str]) -> None:

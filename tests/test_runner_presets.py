@@ -17,7 +17,10 @@ from tinytown.errors import Invalid
 from tinytown.models import Agent, InboxCounts, Message, MessageKind, Task, TaskState
 from tinytown.presets import BUILTIN_PRESETS, RoundInputs, resolve_preset, round_env
 from tinytown.prompting import render_prime, render_round_prompt
+from tinytown.runner import describe_argv, env_changes
 from tinytown_mcp.scripted_agent import work
+
+TT = str(Path(sys.executable).parent / "tt")
 
 
 def inputs(tmp_path: Path, prompt: str = "do the thing") -> RoundInputs:
@@ -126,10 +129,39 @@ def test_the_round_prompt_lists_each_message_with_its_ids_and_how_to_finish() ->
     for expected in (
         "You are bob - role: reviewer", "town 'shop' (directory /work/shop)", "You have 2 new messages",
         "message id: m-1", "task id: t-1 (attempt 2)", "message id: m-2", "from: alice",
-        "kind: query", "which branch?", 'task_done(task_id="<task id>"', "tt task done <task id>",
-        'reply_to="<message id>"',
+        "kind: query", "which branch?", 'task_done(task_id="<task id>"',
+        f"run: {TT} task done <task id>", f'run: {TT} send <from> "<answer>"',
+        'reply_to="<message id>"', "asked once more, and then it fails",
     ):
         assert expected in prompt
+    assert "exit code" not in prompt
+
+
+def test_a_preset_that_cannot_report_is_told_its_exit_code_decides() -> None:
+    agent = Agent(id="a1", name="bob")
+    task = Task(id="t-1", description="refactor", created_by="conductor", attempt=1)
+    message = Message(id="m-1", sender="conductor", to="bob", kind=MessageKind.TASK, body="refactor",
+                      task_id="t-1")
+    prompt = render_round_prompt(agent, "shop", Path("/w"), [message], {"t-1": task}, reports=False)
+    assert "exit 0 marks it completed" in prompt and "task_done" not in prompt
+    assert BUILTIN_PRESETS["aider"].reports is False
+    assert all(BUILTIN_PRESETS[name].reports for name in ("claude", "codex", "gemini", "scripted"))
+    config = parse_config({"name": "t", "agent_clis": {"mine": {"command": ["x"], "reports": False}}})
+    assert resolve_preset(config, "mine").reports is False
+
+
+def test_the_runner_log_elides_the_prompt_from_an_argv() -> None:
+    prompt = "do it\nnow"
+    assert describe_argv(["gemini", "-p", prompt], prompt, on_stdin=False) == (
+        "gemini -p '<prompt 9 chars>'")
+    assert describe_argv(["claude", "-p"], prompt, on_stdin=True) == (
+        "claude -p (<prompt 9 chars> on stdin)")
+    codex = ["codex", "exec", "-c", 'mcp_servers.tinytown.env={"REDIS_URL" = "redis://:pw@h/0"}']
+    assert describe_argv(codex, prompt, on_stdin=True, hide={"REDIS_URL": "redis://:pw@h/0"}) == (
+        "codex exec -c 'mcp_servers.tinytown.env={\"REDIS_URL\" = \"<REDIS_URL>\"}' "
+        "(<prompt 9 chars> on stdin)")
+    assert env_changes({"A": "1", "B": "2", "C": "3"}, {"A": "1", "B": "9", "D": "4"}, ["A"]) == (
+        ["A", "B", "D"], ["C"])
 
 
 def test_prime_tells_an_agent_its_task_and_its_mail() -> None:

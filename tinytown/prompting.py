@@ -2,16 +2,37 @@
 
 A round prompt says who the agent is, which town it is in, every message of the round with
 its ids (and task ids and attempts), and how to answer and finish: the ``tinytown`` MCP tools
-first (``task_done``, ``task_failed``, ``send_message``), the ``tt`` commands as the fallback
-for CLIs without MCP.  It is plain text: every CLI takes it as its first user message.
+first (``task_done``, ``task_failed``, ``send_message``), the ``tt`` commands (by absolute
+path: a CLI's shell may not have this installation on PATH) as the fallback for CLIs without
+MCP.  A CLI that cannot report (``reports = false``) is told its exit code decides.  It is
+plain text: every CLI takes it as its first user message.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import shlex
+import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tinytown.models import CONDUCTOR, Agent, InboxCounts, Message, MessageKind, Task
+
+
+@functools.cache
+def tt_command() -> str:
+    """The ``tt`` of this installation by absolute path, shell-quoted, resolved once: the one
+    next to this Python (a venv's ``bin/``), else the first on PATH, else ``python -m``.
+    A CLI's shell (``bash -lc`` in Codex, a sandbox) may not have the venv on PATH."""
+    beside = Path(sys.executable).parent / "tt"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return shlex.quote(str(beside))
+    found = shutil.which("tt")
+    if found:
+        return shlex.quote(str(Path(found).absolute()))
+    return f"{shlex.quote(sys.executable)} -m tinytown.cli.main"
 
 
 def _who(agent: Agent) -> str:
@@ -29,8 +50,11 @@ def render_round_prompt(
     root: Path,
     messages: Sequence[Message],
     tasks: Mapping[str, Task],
+    *,
+    reports: bool = True,
 ) -> str:
-    """One prompt for the actionable messages of a round (``tasks``: task id → task)."""
+    """One prompt for the actionable messages of a round (``tasks``: task id → task).
+    ``reports``: whether the CLI can report (else its exit code decides, and it is told so)."""
     lines = [
         f"You are {_who(agent)}, an agent in the Tinytown town {town!r} (directory {root}).",
         "Tinytown connects you with other coding agents and a human, the conductor. Your "
@@ -50,27 +74,34 @@ def render_round_prompt(
         if message.reply_to:
             lines.append(f"in reply to: {message.reply_to}")
         lines += ["", message.body.rstrip()]
-    lines += ["", "--- end of messages ---", "", *how_to_finish(messages)]
+    lines += ["", "--- end of messages ---", "", *how_to_finish(messages, reports=reports)]
     return "\n".join(lines) + "\n"
 
 
-def how_to_finish(messages: Sequence[Message]) -> list[str]:
+def how_to_finish(messages: Sequence[Message], *, reports: bool = True) -> list[str]:
+    tt = tt_command()
     lines = ["How to answer and finish:"]
     if any(m.kind == MessageKind.TASK and m.task_id for m in messages):
-        lines += [
-            "- Do each task in this directory. Then report it exactly once, with its task id:",
-            '    MCP tool: task_done(task_id="<task id>", result="<what you did, briefly>")',
-            '    if you cannot do it: task_failed(task_id="<task id>", error="<why>")',
-            '    without MCP, run: tt task done <task id> "<result>"  /  '
-            'tt task fail <task id> "<error>"',
-            "- If you exit without reporting, the runner reports for you: completed with the end "
-            "of your output when you exit 0, failed when you exit non-zero.",
-        ]
+        if reports:
+            lines += [
+                "- Do each task in this directory. Then report it exactly once, with its task id:",
+                '    MCP tool: task_done(task_id="<task id>", result="<what you did, briefly>")',
+                '    if you cannot do it: task_failed(task_id="<task id>", error="<why>")',
+                f'    without MCP, run: {tt} task done <task id> "<result>"  /  '
+                f'{tt} task fail <task id> "<error>"',
+                "- Report before you exit. A task you did not report counts as not done: you are "
+                "asked once more, and then it fails.",
+            ]
+        else:
+            lines += [
+                "- Do each task in this directory, then exit. Your exit code reports it: exit 0 "
+                "marks it completed with the end of your output, any other code marks it failed.",
+            ]
     if any(m.kind in (MessageKind.QUERY, MessageKind.CUSTOM) for m in messages):
         lines += [
             "- Answer a query to its sender: send_message(to=\"<from>\", body=\"<answer>\", "
             "reply_to=\"<message id>\")",
-            '    without MCP, run: tt send <from> "<answer>"',
+            f'    without MCP, run: {tt} send <from> "<answer>"',
         ]
     lines += [
         "- Tell another agent something: send_message(to=\"<name>\", body=\"...\") "
@@ -79,6 +110,31 @@ def how_to_finish(messages: Sequence[Message]) -> list[str]:
         "Finish, then exit; the runner starts your next round when new messages arrive.",
     ]
     return lines
+
+
+def render_followup_prompt(agent: Agent, town: str, root: Path, tasks: Sequence[Task]) -> str:
+    """The prompt of the one follow-up round a runner gives a CLI that exited 0 without
+    reporting its task(s): report now, by the exact tool or command."""
+    tt = tt_command()
+    lines = [
+        f"You are {_who(agent)}, an agent in the Tinytown town {town!r} (directory {root}).",
+        f"Your last round exited without reporting {'its task' if len(tasks) == 1 else 'these tasks'}. "
+        "Report now, exactly once per task, then exit. Do not start other work.",
+    ]
+    for task in tasks:
+        lines += [
+            "",
+            f"task id: {task.id} (attempt {task.attempt}): {_clip(task.description)}",
+            f'    MCP tool: task_done(task_id="{task.id}", result="<what you did, briefly>")',
+            f'    or, if it is not done: task_failed(task_id="{task.id}", error="<what is missing>")',
+            f'    without MCP, run: {tt} task done {task.id} "<result>"',
+            f'    or: {tt} task fail {task.id} "<error>"',
+        ]
+    lines += [
+        "",
+        "If you exit without reporting again, the task is marked failed: the agent did not report.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def render_prime(

@@ -8,10 +8,15 @@ lock, takes over its mailbox and loops:
    preset's CLI runs once with a prompt listing the messages, in the town directory, with
    ``TINYTOWN_TOWN``, ``TINYTOWN_AGENT``, ``TINYTOWN_TASK_ID`` (one task) and
    ``TINYTOWN_MCP_CONFIG``; its output goes to ``.tt/logs/<name>.round-<n>.log``;
-   heartbeats continue meanwhile;
-3. after the CLI exits, a task of the round still ``running`` (same attempt) is completed
-   with the output tail (exit 0) or failed with it (non-zero) — a CLI that reported through
-   MCP or ``tt`` already finished it — then the round's messages are acknowledged;
+   heartbeats continue meanwhile.  The runner log records the argv (prompt elided) and the
+   names of the environment variables the round set;
+3. after the CLI exits, a task of the round still ``running`` (same attempt) was not
+   reported (a CLI that reported through MCP or ``tt`` already finished it).  After exit 0
+   the CLI gets one *follow-up round* whose prompt asks it to report those tasks now; a task
+   still unreported then fails, "the agent did not report", with the output tail.  A
+   non-zero exit fails it at once.  Either way ``decided_by = runner``.  A preset that cannot
+   report (``reports = false``) has its tasks decided by the exit code instead (0 completed,
+   else failed; ``decided_by = exit_code``).  Then the round's messages are acknowledged;
 4. a batch of only ``info``/``ack``/notices is acknowledged without a run.
 
 Signals: SIGTERM or SIGINT stop the runner after the current round (``tt kill``); a second
@@ -37,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -62,7 +68,7 @@ from tinytown.models import (
 )
 from tinytown.presets import Preset, RoundInputs, resolve_preset, round_env
 from tinytown.processes import RunnerLock, lock_path, round_log_path
-from tinytown.prompting import render_round_prompt
+from tinytown.prompting import render_followup_prompt, render_round_prompt
 
 if TYPE_CHECKING:
     from tinytown.town import Town
@@ -328,15 +334,30 @@ class Runner:
         if result.interrupted:
             self.stop_reason = f"round {result.number} interrupted"
             return True
-        if (await self.town.get_agent(self.name)).session != self._session:
-            # taken over on purpose during the round: the round's messages and tasks went to
-            # the new session; settling them here would finish its work behind its back
-            self.request_stop("a session from outside took the agent over")
+        if await self._taken_over():
             return True
-        await self._settle_tasks(tasks, result)
+        followup: RoundResult | None = None
+        unreported = await self._unreported(tasks)
+        assert self._preset is not None
+        if result.exit_code == 0 and unreported and self._preset.reports:
+            followup = await self._followup(result, unreported)
+            if followup.interrupted:
+                self.stop_reason = f"round {result.number} interrupted (in its follow-up)"
+                return True
+            if await self._taken_over():
+                return True
+        await self._settle_tasks(tasks, result, followup)
         await self.town.ack(self.name, ids)
         self._remember(ids)
         await self._after_round(result)
+        return True
+
+    async def _taken_over(self) -> bool:
+        """Taken over on purpose during the round: the round's messages and tasks went to the
+        new session; settling them here would finish its work behind its back."""
+        if (await self.town.get_agent(self.name)).session == self._session:
+            return False
+        self.request_stop("a session from outside took the agent over")
         return True
 
     async def _live_task(self, task_id: str, agent_id: str) -> Task | None:
@@ -354,28 +375,54 @@ class Runner:
         while len(self._handled) > HANDLED_MEMORY:
             self._handled.popitem(last=False)
 
-    async def _settle_tasks(self, tasks: Mapping[str, Task], result: RoundResult) -> None:
-        """A task the CLI left ``running`` is finished by the exit code, with the output tail."""
-        tail = read_tail(result.log, start=result.log_offset)
-        preset = self._preset.name if self._preset else "the CLI"
-        reports = self._preset.reports if self._preset else True
-        decider = TaskDecider.RUNNER if reports else TaskDecider.EXIT_CODE
+    async def _unreported(self, tasks: Mapping[str, Task]) -> list[Task]:
+        """The round's tasks still ``running`` on the same attempt: nobody reported them (not
+        the CLI, not the conductor; not cancelled or reassigned meanwhile)."""
+        left = []
         for task_id, started in tasks.items():
             task = await self.town.get_task(task_id)
-            if task.state != TaskState.RUNNING or task.attempt != started.attempt:
-                continue  # the CLI reported it (or it was cancelled or reassigned)
+            if task.state == TaskState.RUNNING and task.attempt == started.attempt:
+                left.append(task)
+        return left
+
+    async def _settle_tasks(
+        self, tasks: Mapping[str, Task], result: RoundResult, followup: RoundResult | None
+    ) -> None:
+        """Conclude a task the CLI left ``running`` (with the output tail), and record that the
+        runner decided it, never the agent:
+
+        * a preset that cannot report: its exit code decides (``decided_by = exit_code``);
+        * a non-zero exit: failed (``runner``);
+        * exit 0 and no report even after the follow-up round: failed, "the agent did not
+          report" (``runner``) — a CLI that could not reach its tools is no success.
+        """
+        assert self._preset is not None
+        preset = self._preset
+        tail = read_tail(result.log, start=result.log_offset)
+        for task in await self._unreported(tasks):
+            decider = TaskDecider.RUNNER if preset.reports else TaskDecider.EXIT_CODE
+            if not preset.reports and result.exit_code == 0:
+                text = tail or f"{preset.name} exited 0 without output"
+            elif result.exit_code != 0:
+                text = f"{preset.name} exited with code {result.exit_code}"
+            elif followup is not None and followup.exit_code != 0:
+                text = (f"the agent did not report: {preset.name} exited 0 without reporting, "
+                        f"and in the follow-up round it exited with code {followup.exit_code}")
+            else:
+                text = (f"the agent did not report: {preset.name} exited 0 without reporting, "
+                        "also after a follow-up round that asked it to")
+            completed = not preset.reports and result.exit_code == 0
+            if not completed and tail:
+                text = f"{text}:\n{tail}"
+            log.info("%s: task %s %s (decided by %s)", self.name, task.id,
+                     "completed" if completed else "failed", decider.value)
             try:
-                if result.exit_code == 0:
-                    await self.town.complete_task(
-                        task_id, tail or f"{preset} exited 0 without output", by=self.name,
-                        attempt=started.attempt, decided_by=decider,
-                    )
+                if completed:
+                    await self.town.complete_task(task.id, text, by=self.name,
+                                                  attempt=task.attempt, decided_by=decider)
                 else:
-                    error = f"{preset} exited with code {result.exit_code}"
-                    await self.town.fail_task(
-                        task_id, f"{error}:\n{tail}" if tail else error, by=self.name,
-                        attempt=started.attempt, decided_by=decider,
-                    )
+                    await self.town.fail_task(task.id, text, by=self.name,
+                                              attempt=task.attempt, decided_by=decider)
             except Conflict:
                 pass  # reported meanwhile: the CLI's own report stands
 
@@ -398,10 +445,7 @@ class Runner:
     # ----------------------------------------------------------------- a round
 
     async def _round(self, messages: Sequence[Message], tasks: Mapping[str, Task]) -> RoundResult:
-        from tinytown.mcp_config import write_agent_mcp_config
-
         assert self._preset is not None
-        preset = self._preset
         agent = await self.town.get_agent(self.name)
         number = agent.rounds_completed + 1
         task_ids = list(tasks)
@@ -409,8 +453,32 @@ class Runner:
         if task_ids:
             fields["current_task"] = task_ids[0]
         agent = await self.town.update_agent(self.name, **fields)
-        prompt = render_round_prompt(agent, self.town.name, self.paths.root, messages, tasks)
-        prompt_file = self.paths.logs / f"{self.name}.round-{number}.prompt.md"
+        prompt = render_round_prompt(agent, self.town.name, self.paths.root, messages, tasks,
+                                     reports=self._preset.reports)
+        log.info("%s round %d: %d message(s), task(s) %s", self.name, number, len(messages),
+                 ", ".join(task_ids) or "none")
+        return await self._launch(number, prompt, task_ids, "")
+
+    async def _followup(self, result: RoundResult, unreported: Sequence[Task]) -> RoundResult:
+        """The one follow-up of a round that exited 0 without reporting: the CLI runs again,
+        asked to report those tasks now (its output goes on in the round's log)."""
+        agent = await self.town.get_agent(self.name)
+        prompt = render_followup_prompt(agent, self.town.name, self.paths.root, unreported)
+        ids = [t.id for t in unreported]
+        log.info("%s round %d: exited 0 without reporting task(s) %s; a follow-up round asks "
+                 "it to report", self.name, result.number, ", ".join(ids))
+        with result.log.open("ab") as out:
+            out.write(f"\n--- tinytown: follow-up round: task(s) {', '.join(ids)} were not "
+                      "reported ---\n".encode())
+        return await self._launch(result.number, prompt, ids, ".followup")
+
+    async def _launch(self, number: int, prompt: str, task_ids: Sequence[str], label: str) -> RoundResult:
+        """Run the preset's CLI once with ``prompt``, output appended to the round's log."""
+        from tinytown.mcp_config import write_agent_mcp_config
+
+        assert self._preset is not None
+        preset = self._preset
+        prompt_file = self.paths.logs / f"{self.name}.round-{number}{label}.prompt.md"
         prompt_file.parent.mkdir(parents=True, exist_ok=True)
         prompt_file.write_text(prompt, encoding="utf-8")
         # the round's MCP session joins this runner's session with this credential
@@ -418,16 +486,23 @@ class Runner:
         mcp_config = write_agent_mcp_config(self.paths, self.name, round_credential=credential)
         inputs = RoundInputs(prompt=prompt, prompt_file=prompt_file, mcp_config=mcp_config,
                              agent=self.name, town=self.paths.root)
-        argv = preset.argv(inputs, _tinytown_server(mcp_config))
-        env = round_env(os.environ, preset, {
+        server = _tinytown_server(mcp_config)
+        argv = preset.argv(inputs, server)
+        extra = {
             "TINYTOWN_TOWN": str(self.paths.root),
             "TINYTOWN_AGENT": self.name,
             "TINYTOWN_TASK_ID": task_ids[0] if len(task_ids) == 1 else None,
             "TINYTOWN_MCP_CONFIG": str(mcp_config),
-        })
+        }
+        env = round_env(os.environ, preset, extra)
         log_path = round_log_path(self.paths, self.name, number)
-        log.info("%s round %d: %d message(s), task(s) %s; %s (log %s)", self.name, number,
-                 len(messages), ", ".join(task_ids) or "none", preset.name, log_path)
+        what = f"round {number}{' follow-up' if label else ''}"
+        log.info("%s %s: %s runs %s (log %s)", self.name, what, preset.name,
+                 describe_argv(argv, prompt, preset.stdin(prompt) is not None,
+                               hide=_env_of(server)), log_path)
+        changed, removed = env_changes(os.environ, env, [*preset.env, *extra])
+        log.info("%s %s: environment set %s%s", self.name, what, ", ".join(changed) or "nothing",
+                 f"; unset {', '.join(removed)}" if removed else "")
         offset = log_path.stat().st_size if log_path.exists() else 0
         try:
             exit_code = await self._run_cli(argv, preset.stdin(prompt), env, log_path)
@@ -435,7 +510,7 @@ class Runner:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 await self.town.end_round(self.name)
         interrupted = self.stop_requested and exit_code < 0
-        log.info("%s round %d: %s exited with %d%s", self.name, number, preset.name, exit_code,
+        log.info("%s %s: %s exited with %d%s", self.name, what, preset.name, exit_code,
                  " (interrupted by a stop)" if interrupted else "")
         return RoundResult(number, exit_code, interrupted, log_path, offset)
 
@@ -486,6 +561,11 @@ async def _feed(process: Process, data: bytes) -> None:
             pass
 
 
+def _env_of(server: Mapping[str, Any]) -> dict[str, str]:
+    env = server.get("env")
+    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+
+
 def _tinytown_server(mcp_config: Path) -> dict[str, Any]:
     try:
         data = json.loads(mcp_config.read_text(encoding="utf-8"))
@@ -493,6 +573,31 @@ def _tinytown_server(mcp_config: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     return server if isinstance(server, dict) else {}
+
+
+def describe_argv(
+    argv: Sequence[str], prompt: str, on_stdin: bool, hide: Mapping[str, str] | None = None
+) -> str:
+    """A round's command line for the runner log: shell-quoted, the prompt elided, and the
+    values of ``hide`` (the MCP server's environment, which Codex gets as ``-c`` overrides:
+    a Redis password, the round's credential) shown as ``<NAME>``."""
+    marker = f"<prompt {len(prompt)} chars>"
+    shown = [a.replace(prompt, marker) if prompt and prompt in a else a for a in argv]
+    for name, value in (hide or {}).items():
+        if value:
+            shown = [a.replace(value, f"<{name}>") for a in shown]
+    text = shlex.join(shown)
+    return f"{text} ({marker} on stdin)" if on_stdin else text
+
+
+def env_changes(
+    base: Mapping[str, str], env: Mapping[str, str], given: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The keys a round's environment sets (``given`` explicitly, or differing from ``base``)
+    and the keys it removes: names only, for the log (values may be secrets)."""
+    changed = {k for k in env if base.get(k) != env[k]} | {k for k in given if k in env}
+    removed = [k for k in base if k not in env]
+    return sorted(changed), sorted(removed)
 
 
 def read_tail(path: Path, limit: int = TAIL_BYTES, start: int = 0) -> str:

@@ -9,7 +9,7 @@ at the front of the inbox.  Under the name of a spawned agent whose runner lives
 refused (``conflict:``; ``--take-over`` overrides), except for the server of one of the
 runner's rounds: with ``TINYTOWN_ROUND`` (the round's credential, set in the generated MCP
 config) it joins the runner's session and takes nothing over.  Nothing but protocol goes to
-stdout: logs go to stderr and to ``.tt/logs/mcp-<agent>.log``.
+stdout: logs go to ``.tt/logs/mcp-<agent>.log``, and only warnings and errors also to stderr.
 
 Requests of one session run concurrently (the SDK's dispatcher starts a task per
 request), so a ``receive`` blocked in Redis never holds up other tool calls, and a client
@@ -176,18 +176,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--take-over", action="store_true",
                         help="take the agent's mailbox even from its live runner (the runner stops)")
     parser.add_argument("--log-level", default=os.environ.get("TINYTOWN_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (stderr and log file)")
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level of .tt/logs/mcp-AGENT.log (stderr gets warnings and errors only)")
     return parser.parse_args(argv)
 
 
 def configure_logging(level: str) -> None:
-    """stderr only until the town is known (stdout belongs to the protocol)."""
+    """Warnings and errors to stderr; everything at ``level`` goes to the log file once the
+    town is known (:func:`log_to_file`).  stdout belongs to the protocol, and clients show
+    the server's stderr as errors (Claude Code prints every line as ``[ERROR]``), so INFO
+    never goes there."""
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("tinytown-mcp %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(max(logging.WARNING, logging.getLevelName(level)))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("tinytown_mcp").setLevel(level)
+    logging.getLogger("tinytown").setLevel(level)
 
 
 def log_to_file(town: Town, agent: str) -> Path | None:
