@@ -211,9 +211,11 @@ async def test_only_the_assignee_or_the_conductor_may_finish_a_task(real_town: T
         task = (await ok(conductor, "assign_task", description="mine", agent="alice"))["task"]
         text = await refused(bob, "task_done", "forbidden", task_id=task["id"], result="stolen")
         await refused(bob, "task_failed", "forbidden", task_id=task["id"], error="nope")
-        await ok(alice, "task_done", task_id=task["id"], result="done")
+        done = (await ok(alice, "task_done", task_id=task["id"], result="done"))["task"]
         await refused(alice, "task_done", "conflict", task_id=task["id"], result="again")
         await refused(conductor, "cancel_task", "conflict", task_id=task["id"])
+        shown = (await ok(conductor, "get_task", task_id=task["id"]))["task"]
+    assert done["decided_by"] == shown["decided_by"] == "agent"  # alice reported it herself
     assert "alice" in text
     assert (await real_town.get_task(task["id"])).result == "done"
 
