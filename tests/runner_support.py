@@ -53,6 +53,12 @@ PRESETS: dict[str, list[str]] = {
         "print('first round, not reporting') if 'Report now' not in prompt else "
         "subprocess.run([m.group(1), 'task', 'done', m.group(2), 'reported when asked'], check=True)"
     )],
+    # exits 0 without reporting, then hangs in its follow-up round (prints its pid first)
+    "stall": [PY, "-c", (
+        "import os, sys, time; prompt = sys.stdin.read(); "
+        "print('pid', os.getpid(), flush=True) if 'Report now' in prompt else None; "
+        "time.sleep(600) if 'Report now' in prompt else None"
+    )],
     # a program that does not exist
     "ghost": ["tinytown-no-such-program-anywhere"],
 }

@@ -112,6 +112,27 @@ async def test_a_receive_caps_the_bodies_it_returns_and_the_rest_comes_in_the_ne
     assert (counts.pending, counts.in_flight) == (0, 0)
 
 
+async def test_a_receiver_that_dies_after_a_capped_batch_loses_nothing_of_a_176_kib_inbox(
+    town: Town,
+) -> None:
+    await _agents(town, "bob")
+    sent = [f"{i:02d}:" + "x" * (16 * 1024 - 3) for i in range(11)]
+    for body in sent:
+        await town.send("conductor", "bob", body)
+    _, dying, _ = await town.open_session("bob")
+    shown = await town.receive("bob", timeout_s=0, max_messages=100, session=dying)
+    # the session dies before acknowledging (a client that crashed, or could not show the result)
+    _, heir, requeued = await town.open_session("bob")
+    assert requeued == len(shown.messages) == 6
+    delivered: dict[str, int] = {}
+    while got := (await town.receive("bob", timeout_s=0, max_messages=100, session=heir)).messages:
+        for m in got:
+            assert m.body not in delivered  # no message twice within the heir's receives
+            delivered[m.body] = m.delivery_count
+    assert sorted(delivered) == sent  # issued 11, observed 11: nothing lost
+    assert [delivered[b] for b in sent] == [2] * 6 + [1] * 5  # only the shown batch came again
+
+
 async def test_a_message_larger_than_the_receive_cap_still_comes_alone(town: Town) -> None:
     small = _town_like(town, limits={"max_receive_bytes": 1000})
     await _agents(small, "bob")

@@ -147,6 +147,21 @@ async def test_a_cli_that_reports_in_its_follow_up_round_completes_its_task(
         assert (liv.rounds_completed, liv.tasks_completed) == (1, 1)
 
 
+async def test_kill_now_during_a_follow_up_round_leaves_the_task_to_recover_not_failed(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("sam", cli="stall")
+        task = await town.assign("hang on", agent="sam")
+        assert town.paths is not None
+        child = int(wait_for_line(town.paths.logs / "sam.round-1.log", "pid ", 60).split()[1])
+        assert (town.paths.logs / "sam.round-1.followup.prompt.md").is_file()
+        killed = await town.kill_agent("sam", now=True, timeout_s=10)
+        assert killed.state == AgentState.STOPPED and not pid_alive(child)
+        back = await town.get_task(task.id)
+        assert (back.state, back.decided_by, back.error) == (TaskState.PENDING, None, None)
+
+
 async def test_an_info_only_batch_is_acknowledged_without_running_the_cli(tt_env: dict[str, str]) -> None:
     async with open_spawn_town(tt_env) as town:
         await town.register_agent("erin", cli="echo", state=AgentState.STARTING)
