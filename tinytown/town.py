@@ -37,6 +37,7 @@ from tinytown.models import (
     Message,
     MessageKind,
     Priority,
+    ServerInfo,
     TaskState,
     normalise_agent_name,
     now_ms,
@@ -66,6 +67,8 @@ class TownStatus(BaseModel):
     town: str
     root: str | None
     redis: str
+    server: ServerInfo | None = None
+    """The server's name and version (None where ``INFO`` is not allowed)."""
     agents: list[AgentView]
     tasks: dict[str, int]
 
@@ -535,10 +538,16 @@ class Town(TaskOps, LifecycleOps):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for state in TaskState:
                     pipe.zcard(self.keys.tasks_in_state(state))
-                counts = await pipe.execute()
+                pipe.info("server")
+                *counts, info = await pipe.execute(raise_on_error=False)
+            for count in counts:
+                if isinstance(count, Exception):
+                    raise count
+        server = ServerInfo.from_info(info) if isinstance(info, dict) else None
         return TownStatus(
             town=self.name, root=str(self.root) if self.root else None, redis=self.redis_display,
-            agents=views, tasks={s.value: int(n) for s, n in zip(TaskState, counts, strict=True)},
+            server=server, agents=views,
+            tasks={s.value: int(n) for s, n in zip(TaskState, counts, strict=True)},
         )
 
     async def history(self, count: int = 20) -> list[Event]:

@@ -128,6 +128,7 @@ def up(ctx: typer.Context, json_out: JsonOption = False) -> None:
         return
     config, server = managed
     started = run_plain(server.ensure_running)
+    binary = run_plain(server.binary)
     if json_out:
         print_json(
             {
@@ -136,13 +137,17 @@ def up(ctx: typer.Context, json_out: JsonOption = False) -> None:
                 "redis": server.url,
                 "pid": server.pid(),
                 "started": started,
+                "server": binary and {
+                    "name": binary.name, "version": binary.version_text, "path": binary.path
+                },
             }
         )
         return
     from tinytown.cli.render import say
 
     verb = "started" if started else "already running:"
-    say(f"{verb} managed Redis of town {config.name} at {server.url} (pid {server.pid()})")
+    what = binary.describe() if binary else "Redis"
+    say(f"{verb} managed {what} of town {config.name} at {server.url} (pid {server.pid()})")
 
 
 @app.command()
@@ -250,7 +255,8 @@ def _status_parts(current: "TownStatus") -> "list[Part]":
     from tinytown.cli.render import STATE_STYLES, Cell, Table, ago, styled, task_ref
 
     where = f"  ({current.root})" if current.root else ""
-    parts: list[Part] = [f"town   {current.town}{where}", f"redis  {current.redis}"]
+    server = f"  ({current.server})" if current.server else ""
+    parts: list[Part] = [f"town   {current.town}{where}", f"redis  {current.redis}{server}"]
     table = Table(["agent", "state", "seen", "inbox", "urgent", "in flight", "task"])
     for view in current.agents:
         agent = view.agent
