@@ -89,3 +89,20 @@ def _redis62() -> str:
                 partial.chmod(0o755)
                 partial.rename(binary)
     return str(binary)
+
+
+def path_without_servers(scratch: Path, path: str | None = None) -> str:
+    """``path`` (default: ours) with every folder holding a redis-server or valkey-server
+    replaced by a copy made of symlinks, minus those: a PATH on which no server is found."""
+    folders = []
+    for i, folder in enumerate((path if path is not None else os.environ["PATH"]).split(os.pathsep)):
+        if any(os.path.exists(os.path.join(folder, name)) for name in ("redis-server", "valkey-server")):
+            shadow = scratch / f"path-{i}"
+            shadow.mkdir(parents=True)
+            for entry in os.scandir(folder):
+                if entry.name not in ("redis-server", "valkey-server"):
+                    (shadow / entry.name).symlink_to(entry.path)
+            folders.append(str(shadow))
+        else:
+            folders.append(folder)
+    return os.pathsep.join(folders)

@@ -4,6 +4,7 @@ managed Redis (no REDIS_URL), which must finish, report, and leave nothing behin
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import clean_env
+from servers import path_without_servers
 
 pytestmark = pytest.mark.e2e
 
@@ -30,16 +32,19 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_tt_demo_completes_its_tasks_through_mcp_and_cleans_up() -> None:
+def test_tt_demo_completes_its_tasks_through_mcp_and_cleans_up(tmp_path: Path) -> None:
     env = clean_env()
     env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # the demo must ignore it: its own managed Redis
+    env["PATH"] = path_without_servers(tmp_path)  # the embedded Valkey needs none on PATH
+    assert shutil.which("redis-server", path=env["PATH"]) is None
+    assert shutil.which("valkey-server", path=env["PATH"]) is None
     done = subprocess.run(
         [sys.executable, "-m", "tinytown.cli.main", "demo"],
         check=False, env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    match = re.search(r"town demo in (\S+), Redis managed unix://", out)
+    match = re.search(r"town demo in (\S+), Redis managed unix://\S+ \(Valkey 9\.", out)
     assert match, out
     root = match.group(1)
     assert "6 of 6 tasks completed by 2 agents talking MCP over stdio" in out

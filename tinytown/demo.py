@@ -131,7 +131,8 @@ async def _demo(paths: TownPaths, n_tasks: int, json_out: bool) -> int:
     town = await Town.open(paths.root)
     try:
         if not json_out:
-            show([f"Tinytown demo: town {town.name} in {paths.root}, Redis {town.redis_display}"])
+            server = (await town.status()).server or "server of unknown version"
+            show([f"Tinytown demo: town {town.name} in {paths.root}, Redis {town.redis_display} ({server})"])
         view = View(town)
         live_cm: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if not json_out and sys.stdout.isatty() and os.environ.get("TERM") != "dumb":
