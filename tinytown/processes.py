@@ -6,7 +6,7 @@ ends, so "is the lock held?" is the liveness test: unlike a bare pid it cannot b
 reused pid or a zombie.  Signals and exit waits go to the recorded pid.
 
 :func:`pid_alive`, :func:`wait_exit` and :func:`poll_until` are the one implementation of
-"is this pid alive" and "wait until it is gone"; the managed redis-server uses them too.
+"is this pid alive" and "wait until it is gone"; the managed server's checks use them too.
 """
 
 from __future__ import annotations
@@ -102,19 +102,19 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def pid_alive(pid: int, *, ours: bool = False) -> bool:
+def pid_alive(pid: int) -> bool:
     """The process exists and is not a zombie (where ``/proc`` can tell).
 
     ``kill(pid, 0)`` alone is not enough: a killed child whose parent does not reap it (PID 1
-    in some containers) stays a zombie, and signalling a zombie succeeds.  With ``ours`` a
-    process we may not signal (another user's) counts as gone: a reused pid, not ours.
+    in some containers) stays a zombie, and signalling a zombie succeeds.  A process we may not
+    signal (another user's) exists: it counts as alive.
     """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return not ours  # exists, owned by someone else
+        return True  # exists, owned by someone else
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
         if state not in ("Z", "X"):
