@@ -199,7 +199,7 @@ def test_the_tt_lifecycle_commands_print_the_agent_as_json(cli_env: dict[str, st
     killed = tt_json(tt_env, "kill", "sam")
     assert (killed["state"], killed["pid"]) == ("stopped", None)
     assert tt_json(tt_env, "wait", "sam")["state"] == "stopped"
-    assert tt_json(tt_env, "recover") == {"stopped": [], "requeued": {}, "reclaimed": []}
+    assert tt_json(tt_env, "recover") == {"stopped": [], "requeued": {}, "reclaimed": [], "given_back": []}
     assert tt_json(tt_env, "prune") == {"pruned": ["sam"]}
     refused_spawn = tt(tt_env, "spawn", "x", "--cli", "ghost")
     assert refused_spawn.returncode == 1

@@ -51,6 +51,8 @@ class Plan:
     zadd: list[list[Any]] = field(default_factory=list)
     zrem: list[list[Any]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
+    limits: list[list[Any]] = field(default_factory=list)
+    ack: list[list[Any]] = field(default_factory=list)
     send: list[list[Any]] = field(default_factory=list)
     events: list[list[Any]] = field(default_factory=list)
 
@@ -59,6 +61,16 @@ class Plan:
 
     def event(self, event_type: str, /, **data: Any) -> None:
         self.events.append([event_type, json.dumps(data)])
+
+    def limit(self, zset: str, most: int, code: str, sentence: str) -> None:
+        """Fail the plan with ``code: sentence`` when ``zset`` already has ``most`` members
+        (checked inside the atomic write, so concurrent plans cannot all pass it)."""
+        self.limits.append([zset, most, code, sentence])
+
+    def acknowledge(self, agent_id: str, message_id: str, priority: str) -> None:
+        """Acknowledge a message of ``agent_id`` wherever it is: in flight, or still queued
+        (then it is taken out of the inbox and never delivered)."""
+        self.ack.append([agent_id, message_id, priority])
 
 
 @dataclass
@@ -197,8 +209,15 @@ class Channel:
         """Put every in-flight message of the agent back at the front of its inbox."""
         return int(await self._run("requeue", agent_id))
 
-    async def claim(self, agent_id: str, task_id: str | None) -> str:
-        return str(await self._run("claim", agent_id, task_id or "", EVENTS_MAXLEN))
+    async def claim(self, agent_id: str, task_id: str | None, session: str | None = None) -> str:
+        """Take a backlog task for the agent, held by ``session`` (default: the agent's
+        current one).
+
+        Raises:
+            Conflict: ``session`` is no longer the agent's session, or the task is not pending.
+            NotFound: the backlog is empty, or no such task.
+        """
+        return str(await self._run("claim", agent_id, task_id or "", EVENTS_MAXLEN, session or ""))
 
     async def apply(self, plan: Plan) -> None:
         """Run a guarded plan atomically (see :class:`Plan`)."""
@@ -210,6 +229,8 @@ class Channel:
             "zadd": plan.zadd,
             "zrem": plan.zrem,
             "del": plan.delete,
+            "limits": plan.limits,
+            "ack": plan.ack,
             "send": plan.send,
             "events": plan.events,
             "max_inbox": self.max_inbox,

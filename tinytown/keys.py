@@ -14,7 +14,8 @@ and several towns can share one Redis without seeing each other.
     tt:{town}:inflight:<id>           zset   message id -> delivered-at ms (received, not acked)
     tt:{town}:inflight_due            zset   "<agent id>|<msg id>" -> redeliver-at ms (town-wide)
     tt:{town}:msg:<id>                hash   Message record (+ internal "attempt")
-    tt:{town}:task:<id>               hash   Task record
+    tt:{town}:task:<id>               hash   Task record (+ internal "msg_id": the task message of
+                                             this attempt, "held_by": the session that took it)
     tt:{town}:tasks                   zset   task id -> seq             (every task)
     tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog)
     tt:{town}:tasks:agent:<id>        zset   task id -> seq             (ever assigned to agent)

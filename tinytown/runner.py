@@ -440,6 +440,9 @@ class Runner:
         if requeued:
             log.info("%s: %d message(s) the round's session left unacknowledged are back",
                      self.name, requeued)
+        # a task the round claimed and left unfinished comes back as a message: next round
+        for task in await self.town.handback.give_back(self.name):
+            log.info("%s: task %s the round left running comes back", self.name, task.id)
         await self.town.count_round(self.name, number=result.number, exit_code=result.exit_code)
 
     # ----------------------------------------------------------------- a round

@@ -243,7 +243,8 @@ if OP == 'receive' then
         if m['kind'] == 'task' and task_id then
           local tkey = P .. 'task:' .. task_id
           local t = redis.call('HMGET', tkey, 'state', 'assigned_to', 'attempt', 'seq')
-          if t[1] == 'assigned' and t[2] == agent and (not m['attempt'] or m['attempt'] == t[3]) then
+          local current = t[2] == agent and (not m['attempt'] or m['attempt'] == t[3])
+          if current and t[1] == 'assigned' then
             redis.call('HSET', tkey, 'state', 'running', 'started_at', now, 'updated_at', now)
             redis.call('ZREM', P .. 'tasks:state:assigned', task_id)
             redis.call('ZADD', P .. 'tasks:state:running', t[4], task_id)
@@ -251,6 +252,13 @@ if OP == 'receive' then
             -- a paused agent stays paused (its runner puts the batch back)
             if a[3] ~= 'paused' then redis.call('HSET', akey, 'state', 'working') end
             event('task.started', cjson.encode({task_id = task_id, agent = a[1]}), maxlen)
+          elseif current and t[1] == 'running' then
+            redis.call('HSET', akey, 'current_task', task_id)  -- given back after a crash
+          end
+          -- the session that now holds the task (tt recover: a live agent's task held by a
+          -- session that is gone comes back to the current one)
+          if current and (t[1] == 'assigned' or t[1] == 'running') and a[2] then
+            redis.call('HSET', tkey, 'held_by', a[2])
           end
         end
       end
@@ -287,15 +295,21 @@ if OP == 'requeue' then
   return requeue_ids(agent, redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1))
 end
 
--- ARGV: now, agent, task_id or '', maxlen
+-- ARGV: now, agent, task_id or '', maxlen, session ('' = the agent's current one)
 if OP == 'claim' then
   local now = ARGV[3]
   local agent = ARGV[4]
   local task_id = ARGV[5]
   local maxlen = ARGV[6]
   local akey = P .. 'agent:' .. agent
-  local name = redis.call('HGET', akey, 'name')
+  local a = redis.call('HMGET', akey, 'name', 'session')
+  local name = a[1]
   if not name then return fail('not_found', 'this agent is no longer registered') end
+  local holder = ARGV[7] or ''
+  if holder ~= '' and a[2] and a[2] ~= holder then
+    return fail('conflict', 'a newer session of ' .. name .. ' took over; this session no longer claims')
+  end
+  if holder == '' then holder = a[2] or '' end
   if task_id == '' then
     local oldest = redis.call('ZRANGE', P .. 'tasks:state:pending', 0, 0)
     if #oldest == 0 then return fail('not_found', 'the backlog is empty; nothing to claim') end
@@ -309,7 +323,7 @@ if OP == 'claim' then
   end
   local attempt = redis.call('HINCRBY', tkey, 'attempt', 1)
   redis.call('HSET', tkey, 'state', 'running', 'assigned_to', agent, 'started_at', now,
-    'updated_at', now)
+    'updated_at', now, 'held_by', holder)
   redis.call('ZREM', P .. 'tasks:state:pending', task_id)
   redis.call('ZADD', P .. 'tasks:state:running', t[2], task_id)
   redis.call('ZADD', P .. 'tasks:agent:' .. agent, t[2], task_id)
@@ -320,6 +334,8 @@ end
 
 -- ARGV: now, plan (json)
 -- plan = {guards = {{key, field, any = {values; '' = absent}}}, max_inbox, maxlen,
+--         limits = {{zset key, most members, code, sentence}},
+--         ack = {{agent, message id, priority}}  (acknowledged wherever it is: in flight or queued),
 --         hset = {{key, fields}}, hdel = {{key, fields}}, hincr = {{key, field, by}},
 --         zadd = {{key, score, member}}, zrem = {{key, member}}, del = {key},
 --         send = {{agent, fields}}, events = {{type, data}}, conflict = sentence}
@@ -330,6 +346,9 @@ if OP == 'apply' then
     local ok = false
     for _, want in ipairs(g[3]) do if v == want then ok = true end end
     if not ok then return fail(g[4] or 'conflict', g[5] or plan.conflict or 'changed meanwhile') end
+  end
+  for _, l in ipairs(plan.limits or {}) do
+    if redis.call('ZCARD', P .. l[1]) >= tonumber(l[2]) then return fail(l[3], l[4]) end
   end
   for _, s in ipairs(plan.send or {}) do
     if inbox_size(s[1]) >= plan.max_inbox then
@@ -344,6 +363,12 @@ if OP == 'apply' then
   for _, z in ipairs(plan.zrem or {}) do redis.call('ZREM', P .. z[1], z[2]) end
   for _, z in ipairs(plan.zadd or {}) do redis.call('ZADD', P .. z[1], z[2], z[3]) end
   for _, k in ipairs(plan.del or {}) do redis.call('DEL', P .. k) end
+  for _, m in ipairs(plan.ack or {}) do
+    if redis.call('EXISTS', P .. 'msg:' .. m[2]) == 1 then
+      redis.call('LREM', inbox(m[1], m[3]), 0, m[2])
+      forget(m[1], m[2])
+    end
+  end
   for _, s in ipairs(plan.send or {}) do
     hset_table(P .. 'msg:' .. s[2].id, s[2])
     push(s[1], s[2].id, s[2].priority, false)

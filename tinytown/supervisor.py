@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from tinytown.channel import Channel
     from tinytown.config import TownConfig, TownPaths
+    from tinytown.handback import Handback
     from tinytown.keys import Keys
     from tinytown.models import Message
 
@@ -70,6 +71,8 @@ class RecoverReport(BaseModel):
     stopped: list[str] = []
     requeued: dict[str, int] = {}
     reclaimed: list[dict[str, str | None]] = []
+    given_back: list[dict[str, str]] = []
+    """Tasks of live agents held by a session that is gone, sent to the agent again."""
 
 
 class Primer(BaseModel):
@@ -90,6 +93,7 @@ class LifecycleOps:
         paths: TownPaths | None
         channel: Channel
         keys: Keys
+        handback: Handback
 
         def _k(self, key: str) -> str: ...
 
@@ -389,7 +393,8 @@ class LifecycleOps:
         """Repair the town after crashes: every gone agent (stale, ``error``, ``stopped``, or a
         spawned agent whose runner has ended) is marked ``stopped`` (``error`` stays), its
         in-flight messages go back to its inbox, its unfinished tasks back to the backlog — or
-        to agent ``to``.
+        to agent ``to``.  A live agent gets back, as ``task`` messages, its tasks held by a
+        session of it that is gone (``given_back``).
 
         Raises:
             NotFound: no agent ``to``.
@@ -404,7 +409,11 @@ class LifecycleOps:
                 )
         report = RecoverReport()
         for agent in await self.list_agents():
-            if not self._is_gone(agent) or (target is not None and agent.id == target.id):
+            if target is not None and agent.id == target.id:
+                continue
+            if not self._is_gone(agent):
+                given = await self.handback.give_back(agent.name, held_elsewhere_only=True)
+                report.given_back += [{"task_id": t.id, "agent": agent.name} for t in given]
                 continue
             await self._recover_agent(agent, target.name if target else None, report)
         return report

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from tinytown.channel import Channel
     from tinytown.config import TownConfig
+    from tinytown.handback import Handback
     from tinytown.keys import Keys
 
 E = TypeVar("E", bound=Enum)
@@ -84,6 +85,7 @@ class TaskOps:
     """The task half of :class:`~tinytown.town.Town`."""
 
     if TYPE_CHECKING:
+        handback: Handback
         redis: Redis
         keys: Keys
         channel: Channel
@@ -97,11 +99,17 @@ class TaskOps:
     # ----------------------------------------------------------------- reading
 
     async def _read_task(self, task_id: str) -> tuple[Task, int]:
+        task, seq, _message = await self._read_task_message(task_id)
+        return task, seq
+
+    async def _read_task_message(self, task_id: str) -> tuple[Task, int, str | None]:
+        """The task, its creation seq, and the id of the ``task`` message that carries its
+        current attempt (internal field ``msg_id``; None when it has none, e.g. claimed)."""
         async with wrap_redis_errors():
             data = await self.redis.hgetall(self.keys.task(task_id))
         if not data:
             raise NotFound(f"no task {task_id!r}; `list_tasks` / `tt tasks` show the task ids")
-        return Task.from_redis(data), int(data.get("seq", 0))
+        return Task.from_redis(data), int(data.get("seq", 0)), data.get("msg_id") or None
 
     async def get_task(self, task_id: str) -> Task:
         """One task by id.
@@ -239,13 +247,15 @@ class TaskOps:
         task_key = self._k(self.keys.task(task.id))
         plan.guard(self._k(self.keys.agent(agent.id)), "name", [agent.name], "not_found",
                    f"agent {agent.name} was removed")
+        message_id = str(uuid.uuid4())
         plan.hset.append([task_key, {"state": task.state.value, "assigned_to": agent.id,
-                                     "attempt": str(task.attempt), "updated_at": str(now)}])
-        plan.hdel.append([task_key, ["started_at"]])
+                                     "attempt": str(task.attempt), "updated_at": str(now),
+                                     "msg_id": message_id}])
+        plan.hdel.append([task_key, ["started_at", "held_by"]])
         plan.zadd.append([self._k(self.keys.tasks_in_state(TaskState.ASSIGNED)), seq, task.id])
         plan.zadd.append([self._k(self.keys.tasks_of_agent(agent.id)), seq, task.id])
         message = Message(
-            id=str(uuid.uuid4()), sender=sender, to=agent.name, kind=MessageKind.TASK,
+            id=message_id, sender=sender, to=agent.name, kind=MessageKind.TASK,
             body=task.description, priority=task.priority, task_id=task.id,
         )
         plan.send.append([agent.id, {**message.to_redis(), "attempt": str(task.attempt)}, agent.name])
@@ -253,17 +263,23 @@ class TaskOps:
         plan.event("message.sent", id=message.id, to=agent.name, kind="task", task_id=task.id)
         return task
 
-    async def claim(self, agent: str, task_id: str | None = None) -> Task:
+    async def claim(self, agent: str, task_id: str | None = None, *, session: str | None = None) -> Task:
         """Take a backlog task (``task_id``, or the oldest) for ``agent``; it is ``running``.
 
-        Atomic: with many claimers at once each task goes to exactly one of them.
+        Atomic: with many claimers at once each task goes to exactly one of them.  ``session``
+        (an MCP session claiming for itself) holds the task; if that session dies, the task
+        comes back to the agent's next session.  A claim from outside any session (``tt
+        backlog claim --agent NAME``) for a spawned agent also sends the agent a ``task``
+        message: its runner works only on what it receives.
 
         Raises:
             NotFound: the backlog is empty, or no such task.
-            Conflict: the task is not in the backlog (anymore).
+            Conflict: the task is not in the backlog (anymore), or ``session`` was taken over.
         """
         claimer = await self.get_agent(agent)
-        claimed = await self.channel.claim(claimer.id, task_id)
+        claimed = await self.channel.claim(claimer.id, task_id, session)
+        if session is None and claimer.cli is not None:
+            await self.handback.give_back(claimer.name, [claimed])
         return await self.get_task(claimed)
 
     # ----------------------------------------------------------------- finishing
@@ -311,7 +327,7 @@ class TaskOps:
         caller = await self.get_agent(by)
 
         async def once() -> Task:
-            task, seq = await self._read_task(task_id)
+            task, seq, message_id = await self._read_task_message(task_id)
             await self._authorise(task, caller, target)
             if target not in TASK_MOVES[task.state]:
                 raise Conflict(
@@ -336,6 +352,11 @@ class TaskOps:
             plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])
             plan.zrem.append([self._k(self.keys.backlog), task.id])
             plan.zadd.append([self._k(self.keys.tasks_in_state(target)), seq, task.id])
+            if task.assigned_to and message_id:
+                # wherever its message is (in flight, or queued for a later session), it is
+                # acknowledged: a finished or cancelled task is never delivered again
+                plan.acknowledge(task.assigned_to, message_id, task.priority.value)
+            plan.hdel.append([task_key, ["held_by"]])
             updated = Task.model_validate({**task.model_dump(), **fields})
             notify: dict[str, Agent] = {}
             creator = await self._maybe_agent(task.created_by)
@@ -435,7 +456,7 @@ class TaskOps:
                 continue
 
             async def once(task_id: str = listed.id) -> Task | None:
-                task, seq = await self._read_task(task_id)
+                task, seq, message_id = await self._read_task_message(task_id)
                 if task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
                     return None
                 if task.assigned_to != holder.id:
@@ -447,10 +468,12 @@ class TaskOps:
                 plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])
                 current = await self._agent_by_id(holder.id)
                 self._release(plan, current, task, completed=False)
+                if message_id:
+                    plan.acknowledge(holder.id, message_id, task.priority.value)
                 if target is None:
                     now = now_ms()
                     plan.hset.append([task_key, {"state": TaskState.PENDING.value, "updated_at": str(now)}])
-                    plan.hdel.append([task_key, ["assigned_to", "started_at"]])
+                    plan.hdel.append([task_key, ["assigned_to", "started_at", "held_by", "msg_id"]])
                     plan.zadd.append([self._k(self.keys.backlog), seq, task.id])
                     plan.event("task.reclaimed", task_id=task.id, agent=holder.name)
                     result = task.model_copy(update={"state": TaskState.PENDING, "assigned_to": None,

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config, mask_url
 from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
+from tinytown.handback import Handback
 from tinytown.keys import Keys
 from tinytown.models import (
     AGENT_NAME_RE,
@@ -100,6 +101,7 @@ class Town(TaskOps, LifecycleOps):
         self.redis_display = redis_display or mask_url(config.redis.url) or "(injected client)"
         self._owns_redis = False
         self._ids: dict[str, str] = {}
+        self.handback = Handback(self)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -237,13 +239,12 @@ class Town(TaskOps, LifecycleOps):
                 return await self.get_agent(key)
             except NotFound:
                 pass
+        full = (f"town {self.name} has {self.config.max_agents} agents, its max_agents; "
+                "prune stopped agents or raise max_agents in tinytown.toml")
         async with wrap_redis_errors():
             count = await self.redis.zcard(self.keys.agents)
             if key != CONDUCTOR and count >= self.config.max_agents + 1:
-                raise Invalid(
-                    f"town {self.name} has {self.config.max_agents} agents, its max_agents; "
-                    "prune stopped agents or raise max_agents in tinytown.toml"
-                )
+                raise Invalid(full)
             seq = await self.redis.incr(self.keys.seq)
         agent = Agent(
             id=str(uuid.uuid4()), name=key, cli=cli, role=role, nickname=nickname, state=state,
@@ -252,6 +253,10 @@ class Town(TaskOps, LifecycleOps):
         plan = Plan()
         plan.guard(self._k(self.keys.agent_names), key, [""], "conflict",
                    f"an agent named {key!r} exists already")
+        if key != CONDUCTOR:
+            # checked again inside the write: concurrent registrations cannot all pass (+1: the
+            # conductor counts among the agents)
+            plan.limit(self._k(self.keys.agents), self.config.max_agents + 1, "invalid", full)
         plan.hset.append([self._k(self.keys.agent(agent.id)), agent.to_redis()])
         plan.hset.append([self._k(self.keys.agent_names), {key: agent.id}])
         plan.zadd.append([self._k(self.keys.agents), seq, agent.id])
@@ -324,8 +329,9 @@ class Town(TaskOps, LifecycleOps):
           the agent is alive: then it is refused, or with ``take_over`` the runner is told to
           stop and the mailbox is taken anyway.
 
-        Taking over records the new session id and puts every message the previous session
-        received but never acknowledged back at the front of the inbox.
+        Taking over records the new session id, puts every message the previous session
+        received but never acknowledged back at the front of the inbox, and gives back every
+        task the previous session held (a ``task`` message for each that has none queued).
 
         Returns:
             ``(agent, session_id, requeued_count)``.
@@ -362,6 +368,8 @@ class Town(TaskOps, LifecycleOps):
         async with wrap_redis_errors():
             await self.redis.delete(self.keys.round(agent.id))
         requeued = await self.channel.requeue(agent.id)
+        # the previous session is gone: what it held comes back to this one
+        await self.handback.give_back(agent.name)
         if runner_pid:
             self.stop_runner(runner_pid)
         if runner_pid is not None:
@@ -408,13 +416,14 @@ class Town(TaskOps, LifecycleOps):
             raise Conflict("the conductor is always present and cannot be removed")
         if agent.state not in (AgentState.STOPPED, AgentState.ERROR):
             raise Conflict(f"agent {agent.name} is {agent.state.value}; kill it before pruning")
-        await self.reclaim_tasks(agent.name)
         async with wrap_redis_errors():
             in_flight = await self.redis.zrange(self.keys.inflight(agent.id), 0, -1)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in self.keys.inboxes(agent.id):
                     pipe.lrange(key, 0, -1)
                 pending = [mid for ids in await pipe.execute() for mid in ids]
+        # (read first: reclaiming acknowledges the tasks' messages, which go too)
+        await self.reclaim_tasks(agent.name)
         plan = Plan()
         plan.delete += [self._k(self.keys.message(mid)) for mid in (*in_flight, *pending)]
         plan.guard(self._k(self.keys.agent(agent.id)), "state", [agent.state.value], "retry",

@@ -140,7 +140,7 @@ async def claim_task(
     task_done or task_failed. not_found means the backlog is empty."""
 
     async def call(s: Session) -> dict[str, Any]:
-        return {"task": await s.town.claim(s.agent, task_id)}
+        return {"task": await s.town.claim(s.agent, task_id, session=s.session_id)}
 
     return await answer(ctx, "claim_task", call)
 

@@ -149,7 +149,8 @@ def recover(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Repair after crashes: dead agents → stopped, their messages back, their tasks reclaimed."""
+    """Repair after crashes: dead agents → stopped, their messages back, their tasks reclaimed;
+    live agents get back the tasks a lost session of theirs held."""
     report = run(ctx, lambda town: town.recover(to))
     if json_out:
         print_json(report)
@@ -164,6 +165,8 @@ def recover(
     where = to or "the backlog"
     for moved in report.reclaimed:
         lines.append(f"task {moved['task_id']} of {moved['from']} → {where}")
+    for given in report.given_back:
+        lines.append(f"task {given['task_id']} held by a lost session → back to {given['agent']}")
     for line in lines or ["nothing to recover"]:
         say(line)
 
