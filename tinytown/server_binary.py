@@ -158,12 +158,16 @@ def newest() -> ServerBinary:
     return max(found, key=lambda b: b.version)  # max keeps the first of equals
 
 
-def _requested(configured: str | None) -> tuple[str, str] | None:
-    """(path, where it was named) of a binary picked on purpose, or None."""
+def _requested(configured: str | None, town_root: Path) -> tuple[str, str] | None:
+    """(path, where it was named) of a binary picked on purpose, or None.  A relative path in
+    ``tinytown.toml`` is relative to the town, whichever folder ``tt`` runs in."""
     for value, where in ((os.environ.get(BINARY_ENV), BINARY_ENV), (configured, "[redis] server")):
         if not value:
             continue
-        path = value if os.sep in value else shutil.which(value)
+        if os.sep not in value:
+            path = shutil.which(value)
+        else:  # town_root / an absolute path is that path
+            path = value if where == BINARY_ENV else str(town_root / value)
         if path is None or not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise Unavailable(f"{where}={value} is not an executable file; {INSTALL_HINT}")
         return os.path.abspath(path), where
@@ -217,7 +221,7 @@ def choose(runtime_dir: Path, configured: str | None) -> Choice:
         Unavailable: no usable binary (the message names what to install).
     """
     recorded = read_record(runtime_dir)
-    requested = _requested(configured)
+    requested = _requested(configured, runtime_dir.parent)
     notice: str | None = None
     if requested is not None:
         path, where = requested
