@@ -2,7 +2,7 @@
 Codex-style hosts build on) against ``tinytown-mcp`` over stdio.
 
 Runs ``node tests/interop/client.mjs``; installs the SDK with npm into ``tests/interop``
-when ``node_modules`` is missing.  Skipped only when node or npm is not installed.
+once (under a lock, so concurrent runs install it once).  Skipped only when node or npm is not installed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from agent_clis import _locked, cache_dir
 from conftest import make_config
 from mcp_support import SCRIPT
 from redis.asyncio import Redis
@@ -29,12 +30,16 @@ def node() -> str:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the TypeScript SDK interop test (install Node.js >= 18)")
-    if not (INTEROP / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
-        install = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund"], cwd=INTEROP, capture_output=True, text=True,
-            timeout=300, check=False,
-        )
-        assert install.returncode == 0, f"npm install failed:\n{install.stdout}\n{install.stderr}"
+    done = INTEROP / "node_modules" / ".tinytown-installed"
+    # Locked: .ci/run's two Python legs run this at once, and npm fills node_modules gradually.
+    with _locked(cache_dir() / "interop-npm"):
+        if not done.exists():
+            install = subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund"], cwd=INTEROP, capture_output=True, text=True,
+                timeout=300, check=False,
+            )
+            assert install.returncode == 0, f"npm install failed:\n{install.stdout}\n{install.stderr}"
+            done.touch()
     return node
 
 
