@@ -104,6 +104,10 @@ async def test_taking_over_on_purpose_stops_the_runner_and_hands_the_mailbox_ove
                 assert not got.is_error
                 assert got.structured_content is not None
                 assert [m["body"] for m in got.structured_content["messages"]] == ["you are mine now"]
+                # the agent is the new session's now: not a runner gone missing to recover
+                view = next(v for v in (await town.status()).agents if v.agent.name == "tom")
+                assert not view.runner_gone
+                assert (await town.recover()).stopped == []
         events = [e.type for e in await town.history(100)]
         assert "agent.taken_over" in events
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,20 @@ def _pid_of(pidfile: Path) -> int:
 
 
 async def _claimer(env: dict[str, str], name: str, workdir: Path, kill_after: set[int],
-                   tally: dict[str, Any]) -> None:
+                   tally: dict[str, Any], stack: ExitStack) -> None:
     """One agent working the backlog through real ``tinytown-mcp`` sessions: each session
     first finishes whatever its mailbox gives it back, then claims and finishes tasks.  After
     the claims numbered in ``kill_after`` its server is SIGKILLed before the report, and a
     new session of the same agent starts."""
     claims = 0
+    devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115 - closed by the stack
     while True:
         pidfile = workdir / f"{name}.pid"
         # the server's own pid, for the SIGKILL (exec keeps it)
         command = ["sh", "-c", f'echo $$ > {pidfile}; exec {SCRIPT} "$@"', "sh"]
         killed = False
         try:
-            async with stdio(env, name, errlog=open(os.devnull, "w"), command=command) as client:  # noqa: SIM115
+            async with stdio(env, name, errlog=devnull, command=command) as client:
                 got = await ok(client, "receive", timeout_s=0, max_messages=100)
                 for message in got["messages"]:
                     if message["kind"] == "task":
@@ -74,10 +76,10 @@ async def test_tasks_claimed_by_sessions_sigkilled_mid_task_come_back_and_none_s
         ids = [(await town.assign(f"job {n}")).id for n in range(total)]
         tally: dict[str, Any] = {"kills": 0, "given_back": 0}
         kills = {"c1": {5, 30, 55}, "c2": {10, 35, 60}, "c3": {15, 40, 65}}
-        with anyio.fail_after(300):
+        with ExitStack() as stack, anyio.fail_after(300):
             async with anyio.create_task_group() as tg:
                 for name, points in kills.items():
-                    tg.start_soon(_claimer, tt_env, name, tmp_path, points, tally)
+                    tg.start_soon(_claimer, tt_env, name, tmp_path, points, tally, stack)
         tasks = [await town.get_task(task_id) for task_id in ids]
         stuck = [t.id for t in tasks if t.state in (TaskState.RUNNING, TaskState.ASSIGNED)]
         assert tally["kills"] == 9

@@ -137,8 +137,12 @@ class LifecycleOps:
             signal_process(pid, signal.SIGTERM, group=False)
 
     def runner_known_gone(self, agent: Agent) -> bool:
-        """A spawned agent whose runner, started from this town directory, has ended."""
+        """A spawned agent whose runner, started from this town directory, has ended without
+        a word: its record still names the runner's pid (a runner that stopped, or that left
+        the agent to a session which took it over on purpose, cleared it)."""
         if agent.cli is None or self.paths is None or agent.state == AgentState.STARTING:
+            return False
+        if agent.pid is None:
             return False
         lock = lock_path(self.paths, agent.name)
         return lock.exists() and lock_holder(lock) is None
