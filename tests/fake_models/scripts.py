@@ -61,3 +61,31 @@ def report_round_task(result: str = "reported by the scripted model") -> Any:
         return "Reported."
 
     return script
+
+
+def identify_and_report_round_task() -> Any:
+    """A spawned agent's round that first asks ``whoami`` and reports the task of the round
+    prompt with the name it was told ("reported by NAME"): the task's result shows which
+    identity the CLI's MCP server had."""
+
+    def script(turn: Turn) -> Step:
+        match = TASK_ID.search(turn.prompt)
+        if match is None:
+            return "the prompt names no task"
+        if not turn.results_of("whoami"):
+            return _call(turn, "whoami", {})
+        me = (turn.results_of("whoami")[0].json() or {}).get("agent", {}).get("name")
+        if not turn.results_of("task_done"):
+            return _call(turn, "task_done", {"task_id": match.group(1), "result": f"reported by {me}"})
+        return "Reported."
+
+    return script
+
+
+def answer(text: str) -> Any:
+    """A model that answers every request with ``text`` (a CLI without tools: aider)."""
+
+    def script(turn: Turn) -> Step:
+        return text
+
+    return script
