@@ -46,8 +46,18 @@ def test_codex_gets_a_toml_table_and_a_masked_redis_url(
     assert table["env"] == {"REDIS_URL": "redis://:****@db:6379/0"}
 
 
+def test_gemini_gets_a_trusted_entry_with_a_long_timeout_that_yields_to_a_runners_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    entry = json.loads(client_config(tmp_path, "alice", "gemini"))["mcpServers"]["tinytown"]
+    assert entry["args"] == ["--town", str(tmp_path.resolve()), "--agent", "${TINYTOWN_AGENT:-alice}"]
+    assert entry["trust"] is True and entry["timeout"] > 300 * 1000
+    assert "env" not in entry
+
+
 def test_an_unknown_client_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="choose one of claude, codex, cursor, desktop"):
+    with pytest.raises(ValueError, match="choose one of claude, codex, gemini, cursor, desktop"):
         client_config(tmp_path, "alice", "vim")  # type: ignore[arg-type]
 
 
@@ -98,6 +108,12 @@ def test_the_ready_json_configs_start_tinytown_mcp(name: str) -> None:
     entry = json.loads((CONFIGS / name).read_text())["mcpServers"]["tinytown"]
     assert Path(entry["command"]).name == "tinytown-mcp"
     assert entry["args"][-2:] == ["--agent", "conductor"]
+
+
+def test_the_ready_gemini_settings_trust_tinytown_and_follow_a_runners_agent() -> None:
+    entry = json.loads((CONFIGS / "gemini-settings.json").read_text())["mcpServers"]["tinytown"]
+    assert entry["args"][-2:] == ["--agent", "${TINYTOWN_AGENT:-conductor}"]
+    assert entry["trust"] is True and entry["timeout"] > 300_000
 
 
 def test_the_ready_codex_snippet_is_a_tinytown_table() -> None:

@@ -6,6 +6,8 @@ the error a missing program gets.
 
 from __future__ import annotations
 
+import json
+import stat
 import sys
 import tomllib
 from pathlib import Path
@@ -62,12 +64,76 @@ def test_codex_gets_the_mcp_server_as_config_overrides_and_the_prompt_on_stdin(t
     assert preset.stdin("x") == b"x"
 
 
-def test_aider_reads_the_prompt_from_a_file_and_gemini_takes_it_as_an_argument(tmp_path: Path) -> None:
+def test_aider_reads_the_prompt_from_a_file_and_gemini_from_stdin(tmp_path: Path) -> None:
     aider = BUILTIN_PRESETS["aider"].argv(inputs(tmp_path))
-    assert aider == ["aider", "--yes-always", "--message-file", str(tmp_path / "p.md")]
+    assert aider[:3] == ["aider", "--yes-always", "--no-git"]
+    assert aider[-2:] == ["--message-file", str(tmp_path / "p.md")]
+    assert BUILTIN_PRESETS["aider"].reports is False
     gemini = BUILTIN_PRESETS["gemini"]
-    assert gemini.argv(inputs(tmp_path, "fix it")) == ["gemini", "-p", "fix it"]
-    assert gemini.stdin("fix it") is None
+    argv = gemini.argv(inputs(tmp_path, "fix it"))
+    assert argv[:3] == ["gemini", "--approval-mode", "yolo"] and argv[-2] == "-p" and "fix it" not in argv
+    assert gemini.stdin("fix it") == b"fix it"
+
+
+def _gemini_round(tmp_path: Path, user: Path, project: dict[str, object] | None = None) -> dict[str, str]:
+    town = tmp_path / "town"
+    (town / ".gemini").mkdir(parents=True, exist_ok=True)
+    if project is not None:
+        (town / ".gemini" / "settings.json").write_text(json.dumps(project))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GEMINI_CLI_HOME", str(user))
+        patch.delenv("REDIS_URL", raising=False)
+        return round_env({"PATH": "/bin"}, BUILTIN_PRESETS["gemini"], {}, RoundInputs(
+            prompt="p", prompt_file=town / "p.md", mcp_config=town / "m.json", agent="bob", town=town))
+
+
+def test_a_gemini_round_gets_a_private_home_with_the_users_settings_and_its_own_server(
+    tmp_path: Path,
+) -> None:
+    user = tmp_path / "user"
+    (user / ".gemini" / "extensions").mkdir(parents=True)
+    (user / ".gemini" / "oauth_creds.json").write_text("{}")
+    mine = {"security": {"auth": {"selectedType": "oauth-personal"}},
+            "mcpServers": {"tinytown": {"command": "old"}, "github": {"command": "gh-mcp"}}}
+    (user / ".gemini" / "settings.json").write_text(json.dumps(mine))
+    env = _gemini_round(tmp_path, user)
+    home = tmp_path / "town" / ".tt" / "gemini" / "bob"
+    assert env["GEMINI_CLI_HOME"] == str(home) and env["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    settings_file = home / ".gemini" / "settings.json"
+    assert stat.S_IMODE(settings_file.stat().st_mode) == 0o600
+    settings = json.loads(settings_file.read_text())
+    assert settings["security"] == mine["security"]
+    assert settings["mcpServers"]["github"] == {"command": "gh-mcp"}
+    server = settings["mcpServers"]["tinytown"]
+    assert server["args"][-2:] == ["--agent", "bob"]
+    assert server["trust"] is True and server["timeout"] > 300_000
+    assert (home / ".gemini" / "oauth_creds.json").resolve() == user / ".gemini" / "oauth_creds.json"
+    assert (home / ".gemini" / "extensions").is_symlink()
+    assert json.loads((user / ".gemini" / "settings.json").read_text()) == mine  # never written
+    _gemini_round(tmp_path, user)  # again: links and settings are rewritten in place
+
+
+def test_a_project_gemini_entry_pinned_to_another_agent_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    pinned = {"mcpServers": {"tinytown": {"command": "tinytown-mcp", "args": ["--agent", "alice"]}}}
+    _gemini_round(tmp_path, user, pinned)
+    assert "make its --agent ${TINYTOWN_AGENT:-NAME}" in caplog.text
+    caplog.clear()
+    follows = {"command": "tinytown-mcp", "args": ["--agent", "${TINYTOWN_AGENT:-alice}"]}
+    following = {"mcpServers": {"tinytown": follows}}
+    _gemini_round(tmp_path, user, following)
+    assert caplog.text == ""
+
+
+def test_unreadable_gemini_user_settings_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    (user / ".gemini").mkdir(parents=True)
+    (user / ".gemini" / "settings.json").write_text("// a comment\n{}")
+    with pytest.raises(Invalid, match="settings.json is not JSON tinytown can read"):
+        _gemini_round(tmp_path, user)
 
 
 def test_a_preset_whose_program_is_not_on_path_is_refused_with_how_to_install_it(tmp_path: Path) -> None:

@@ -23,16 +23,24 @@ import tomli_w
 
 from tinytown.config import TownPaths, mask_url
 
-Client = Literal["claude", "codex", "cursor", "desktop"]
-CLIENTS: tuple[Client, ...] = ("claude", "codex", "cursor", "desktop")
+Client = Literal["claude", "codex", "gemini", "cursor", "desktop"]
+CLIENTS: tuple[Client, ...] = ("claude", "codex", "gemini", "cursor", "desktop")
 SERVER_KEY = "tinytown"
 ROUND_ENV = "TINYTOWN_ROUND"
 """The variable that carries a runner round's credential to the round's MCP server."""
+
+# Gemini CLI settings of the tinytown server.  ``trust`` lets its tools run without a prompt
+# (headless Gemini denies every tool that would ask, so without it the agent gets no
+# tinytown tools unless it runs with --yolo); ``timeout`` (ms) cuts off a tool call and
+# must outlast receive's longest wait (300 s, ``town.MAX_RECEIVE_TIMEOUT_S``).
+GEMINI_SERVER_SETTINGS: dict[str, bool | int] = {"trust": True, "timeout": 360_000}
 
 # Where each client reads the snippet from (shown by `tt mcp config`).
 WHERE: dict[Client, str] = {
     "claude": ".mcp.json in the project root (Claude Code), or: claude mcp add-json tinytown '<the entry>'",
     "codex": "~/.codex/config.toml (Codex CLI)",
+    "gemini": ("the mcpServers of .gemini/settings.json in the project, or of ~/.gemini/settings.json "
+               "(Gemini CLI)"),
     "cursor": ".cursor/mcp.json in the project (or ~/.cursor/mcp.json for every project)",
     "desktop": "claude_desktop_config.json (Claude Desktop: Settings > Developer > Edit Config)",
 }
@@ -76,9 +84,31 @@ def client_config(root: Path, agent: str, client: Client = "claude", *, reveal_s
         if entry["env"]:
             table["env"] = entry["env"]
         return tomli_w.dumps({"mcp_servers": {SERVER_KEY: table}})
+    if client == "gemini":
+        return json.dumps({"mcpServers": {SERVER_KEY: gemini_server_entry(entry, agent, follow_env=True)}},
+                          indent=2) + "\n"
     if client in ("claude", "cursor", "desktop"):
         return json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"
     raise ValueError(f"unknown MCP client {client!r}; choose one of {', '.join(CLIENTS)}")
+
+
+def gemini_server_entry(entry: dict[str, Any], agent: str, *, follow_env: bool) -> dict[str, Any]:
+    """Gemini CLI's ``mcpServers.tinytown`` entry for a server entry (see
+    :data:`GEMINI_SERVER_SETTINGS`).
+
+    ``follow_env``: the agent becomes ``${TINYTOWN_AGENT:-agent}``, which Gemini CLI expands
+    from its environment.  A project's ``.gemini/settings.json`` overrides the private
+    settings a spawned agent's round gets, so a pasted entry must not pin one identity: in
+    a round (``TINYTOWN_AGENT`` set by the runner) it names the round's agent.
+    """
+    args = [str(a) for a in entry["args"]]
+    if follow_env and len(args) >= 2 and args[-2] == "--agent":
+        args[-1] = f"${{TINYTOWN_AGENT:-{agent}}}"
+    out: dict[str, Any] = {"command": entry["command"], "args": args}
+    if entry.get("env"):
+        out["env"] = dict(entry["env"])
+    out.update(GEMINI_SERVER_SETTINGS)
+    return out
 
 
 def secrets_masked(reveal_secrets: bool = False) -> bool:

@@ -7,6 +7,9 @@ brace anywhere else is left alone):
     {prompt}        the round's prompt text          {prompt_file}  a file holding it
     {mcp_config}    the generated ``.mcp.json``      {agent}        the agent's name
     {town}          the town directory               {python}       this Python interpreter
+    {gemini_home}   a private Gemini CLI home for the agent (see :func:`gemini_home`)
+
+The same placeholders (but ``{prompt}``) are filled into the values of the preset's ``env``.
 
 ``prompt = "stdin"`` writes the prompt to the CLI's standard input; ``prompt = "arg"``
 appends it as the last argument unless an element already says ``{prompt}``.
@@ -20,10 +23,22 @@ Built-ins (checked against each tool's non-interactive mode):
   mcp_servers.tinytown.args=[…] -c mcp_servers.tinytown.env={…} -``: Codex has no
   ``--mcp-config``; it reads MCP servers from ``config.toml``, and ``-c key=value`` (values in
   TOML) overrides that file for one run.  ``-`` reads the prompt from stdin.
-* ``aider``   ``aider --yes-always --message-file F`` (a file, not ``--message``: one argv
-  element is limited to 128 KiB on Linux).  Aider has no MCP and cannot run ``tt``, so it
-  cannot report (``reports=False``): its exit code decides.
-* ``gemini``  ``gemini -p PROMPT``.  Gemini CLI takes MCP servers from its settings.json only.
+* ``aider``   ``aider --yes-always --no-git … --message-file F`` (a file, not ``--message``: one
+  argv element is limited to 128 KiB on Linux).  Aider has no MCP and declines to run shell
+  commands even with ``--yes-always``, so it cannot report (``reports=False``): its exit code
+  decides.  ``--no-git``: with ``--yes-always`` aider would ``git init`` a town that is not a
+  repository and commit its edits in one that is; the town's git is the user's.  It does
+  not suggest shell commands, fetch URLs named in a message, check for updates or send
+  analytics; plain output for the round log.
+* ``gemini``  ``gemini --approval-mode yolo -p …`` with the prompt on stdin (``-p`` text is
+  appended to it), ``GEMINI_CLI_HOME={gemini_home}`` and ``GEMINI_CLI_TRUST_WORKSPACE=true``.
+  Gemini CLI takes MCP servers from settings files only, so each agent gets a private home
+  whose ``.gemini/settings.json`` is the user's own with the agent's ``tinytown`` server
+  added (trusted, with a tool timeout over receive's 300 s).  Trust: a folder Gemini has
+  never seen exits 55 (and the environment variable, unlike ``--skip-trust``, which 0.61
+  applies only after reading settings, also loads the project's ``.gemini/settings.json``);
+  ``yolo``: headless Gemini denies every tool that would ask (shell, edits), so it runs
+  them all without asking.
 * ``scripted`` ``python -m tinytown_mcp.scripted_agent``: a deterministic MCP client of
   ``tinytown-mcp``; always available; what ``tt demo`` and the tests use.
 
@@ -37,21 +52,26 @@ exit code decides: 0 completed, else failed, recorded as ``decided_by = "exit_co
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tinytown.config import TownConfig
+from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Invalid
+
+log = logging.getLogger("tinytown.presets")
 
 PromptMode = Literal["stdin", "arg"]
 
 CODEX_MCP_PLACEHOLDER = "{codex_mcp_overrides}"
+GEMINI_HOME_PLACEHOLDER = "{gemini_home}"
 SCRIPTED = "scripted"
+GEMINI_PROMPT = "Your instructions are above (from standard input): follow them."
 
 
 @dataclass(frozen=True)
@@ -106,22 +126,13 @@ class Preset:
         ``mcp_server`` is the ``tinytown`` entry of the generated MCP config; the ``codex``
         preset turns it into ``-c`` overrides.
         """
-        values = {
-            "{prompt_file}": str(inputs.prompt_file),
-            "{mcp_config}": str(inputs.mcp_config),
-            "{agent}": inputs.agent,
-            "{town}": str(inputs.town),
-            "{python}": sys.executable,
-        }
         out: list[str] = []
         says_prompt = False
         for template in self.command:
             if template == CODEX_MCP_PLACEHOLDER:
                 out += codex_mcp_overrides(mcp_server or {})
                 continue
-            element = template
-            for key, value in values.items():
-                element = element.replace(key, value)
+            element = _fill(template, inputs)
             if "{prompt}" in element:
                 says_prompt = True
                 element = element.replace("{prompt}", inputs.prompt)
@@ -130,9 +141,97 @@ class Preset:
             out.append(inputs.prompt)
         return out
 
+    def round_env(self, inputs: RoundInputs) -> dict[str, str]:
+        """The preset's ``env`` with its placeholders filled (``{prompt}`` is not one here)."""
+        return {key: _fill(value, inputs) for key, value in self.env.items()}
+
     def stdin(self, prompt: str) -> bytes | None:
         """What to write to the CLI's standard input (``None``: nothing, it is closed)."""
         return prompt.encode("utf-8") if self.prompt == "stdin" else None
+
+
+def _fill(template: str, inputs: RoundInputs) -> str:
+    """Replace the placeholders (but ``{prompt}``) in one element of a template."""
+    values: dict[str, Callable[[], str]] = {
+        "{prompt_file}": lambda: str(inputs.prompt_file),
+        "{mcp_config}": lambda: str(inputs.mcp_config),
+        "{agent}": lambda: inputs.agent,
+        "{town}": lambda: str(inputs.town),
+        "{python}": lambda: sys.executable,
+        GEMINI_HOME_PLACEHOLDER: lambda: str(gemini_home(inputs)),
+    }
+    for key, value in values.items():
+        if key in template:
+            template = template.replace(key, value())
+    return template
+
+
+def gemini_home(inputs: RoundInputs) -> Path:
+    """Write the agent's private Gemini CLI home (``GEMINI_CLI_HOME``) and return its path.
+
+    ``.tt/gemini/<agent>/.gemini/settings.json`` is the user's own ``settings.json`` (from
+    ``$GEMINI_CLI_HOME/.gemini``, else ``~/.gemini``; never changed) with ``mcpServers.tinytown``
+    set to this agent's server; every other entry of the user's ``.gemini`` (credentials,
+    extensions, memory, history) is linked, so Gemini CLI otherwise behaves as it does for
+    the user.  Gemini CLI skips a system settings file that root does not own, so a private
+    home is the one place a non-root tinytown can give it per-agent settings.  Mode 0600: it
+    may hold the Redis password.
+
+    A project ``.gemini/settings.json`` with its own ``tinytown`` entry still wins over these
+    settings (Gemini CLI merges workspace over user): a warning says so unless that entry
+    follows ``$TINYTOWN_AGENT`` (as ``tt mcp config --client gemini`` writes it).
+
+    Raises:
+        Invalid: the user's settings file is not a JSON object.
+    """
+    from tinytown.mcp_config import SERVER_KEY, gemini_server_entry, server_entry
+
+    home = TownPaths(inputs.town).runtime / "gemini" / inputs.agent
+    private = home / ".gemini"
+    private.mkdir(mode=0o700, parents=True, exist_ok=True)
+    user_dir = Path(os.environ.get("GEMINI_CLI_HOME") or Path.home()) / ".gemini"
+    settings: dict[str, object] = {}
+    if user_dir.resolve() != private.resolve():
+        settings = _json_object(user_dir / "settings.json")
+        for item in user_dir.iterdir() if user_dir.is_dir() else ():
+            link = private / item.name
+            if item.name != "settings.json" and not link.is_symlink() and not link.exists():
+                link.symlink_to(item)
+    servers = settings.get("mcpServers")
+    servers = dict(servers) if isinstance(servers, dict) else {}
+    entry = server_entry(inputs.town, inputs.agent, reveal_secrets=True)
+    servers[SERVER_KEY] = gemini_server_entry(entry, inputs.agent, follow_env=False)
+    settings["mcpServers"] = servers
+    path = private / "settings.json"
+    tmp = path.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(settings, handle, indent=2)
+    os.replace(tmp, path)
+    project = _json_object(Path(inputs.town) / ".gemini" / "settings.json")
+    shadow = (project.get("mcpServers") or {}) if isinstance(project.get("mcpServers"), dict) else {}
+    theirs = shadow.get(SERVER_KEY) if isinstance(shadow, dict) else None
+    if theirs is not None and "TINYTOWN_AGENT" not in json.dumps(theirs):
+        log.warning("%s/.gemini/settings.json has its own mcpServers.tinytown, which Gemini CLI "
+                    "puts over %s's: make its --agent ${TINYTOWN_AGENT:-NAME} (tt mcp config "
+                    "--client gemini prints it so)", inputs.town, inputs.agent)
+    return home
+
+
+def _json_object(path: Path) -> dict[str, object]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise Invalid(f"cannot read {path}: {error}") from None
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except ValueError:
+        raise Invalid(f"{path} is not JSON tinytown can read (comments are not supported)") from None
+    if not isinstance(data, dict):
+        raise Invalid(f"{path} is not a JSON object")
+    return data
 
 
 def _toml_string(value: str) -> str:
@@ -171,15 +270,18 @@ BUILTIN_PRESETS: dict[str, Preset] = {
     ),
     "aider": Preset(
         "aider",
-        ("aider", "--yes-always", "--message-file", "{prompt_file}"),
+        ("aider", "--yes-always", "--no-git", "--no-suggest-shell-commands", "--no-detect-urls",
+         "--no-check-update", "--no-show-release-notes", "--no-analytics", "--no-pretty",
+         "--no-fancy-input", "--message-file", "{prompt_file}"),
         prompt="stdin",
         install_hint="python -m pip install aider-install && aider-install",
         reports=False,
     ),
     "gemini": Preset(
         "gemini",
-        ("gemini", "-p", "{prompt}"),
-        prompt="arg",
+        ("gemini", "--approval-mode", "yolo", "-p", GEMINI_PROMPT),
+        prompt="stdin",
+        env={"GEMINI_CLI_HOME": GEMINI_HOME_PLACEHOLDER, "GEMINI_CLI_TRUST_WORKSPACE": "true"},
         install_hint="npm install -g @google/gemini-cli",
     ),
     SCRIPTED: Preset(
@@ -230,12 +332,13 @@ def resolve_preset(config: TownConfig, cli: str | None) -> Preset:
 
 
 def round_env(
-    base: Mapping[str, str], preset: Preset, extra: Mapping[str, str | None]
+    base: Mapping[str, str], preset: Preset, extra: Mapping[str, str | None],
+    inputs: RoundInputs | None = None,
 ) -> dict[str, str]:
-    """The environment of a round: ``base``, the preset's ``env``, then ``extra`` (``None``
-    removes a variable)."""
+    """The environment of a round: ``base``, the preset's ``env`` (placeholders filled from
+    ``inputs``), then ``extra`` (``None`` removes a variable)."""
     env = dict(base)
-    env.update(preset.env)
+    env.update(preset.round_env(inputs) if inputs is not None else preset.env)
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)

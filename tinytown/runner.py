@@ -497,7 +497,7 @@ class Runner:
             "TINYTOWN_TASK_ID": task_ids[0] if len(task_ids) == 1 else None,
             "TINYTOWN_MCP_CONFIG": str(mcp_config),
         }
-        env = round_env(os.environ, preset, extra)
+        env = round_env(os.environ, preset, extra, inputs)
         log_path = round_log_path(self.paths, self.name, number)
         what = f"round {number}{' follow-up' if label else ''}"
         log.info("%s %s: %s runs %s (log %s)", self.name, what, preset.name,

@@ -14,7 +14,7 @@ from tinytown.config import find_town_root
 from tinytown.mcp_config import CLIENTS, WHERE, Client, client_config, secrets_masked, server_entry
 from tinytown.models import AGENT_NAME_RE, CONDUCTOR, normalise_agent_name
 
-mcp_app = typer.Typer(help="Connect MCP clients (Claude Code, Codex, Cursor, Claude Desktop).",
+mcp_app = typer.Typer(help="Connect MCP clients (Claude Code, Codex, Gemini CLI, Cursor, Claude Desktop).",
                       no_args_is_help=True)
 app.add_typer(mcp_app, name="mcp")
 
