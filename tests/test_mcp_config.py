@@ -53,7 +53,7 @@ def test_gemini_gets_a_trusted_entry_with_a_long_timeout_that_yields_to_a_runner
     entry = json.loads(client_config(tmp_path, "alice", "gemini"))["mcpServers"]["tinytown"]
     assert entry["args"] == ["--town", str(tmp_path.resolve()), "--agent", "${TINYTOWN_AGENT:-alice}"]
     assert entry["trust"] is True and entry["timeout"] > 300 * 1000
-    assert "env" not in entry
+    assert entry["env"] == {"TINYTOWN_ROUND": "${TINYTOWN_ROUND:-}"}
 
 
 def test_an_unknown_client_is_refused(tmp_path: Path) -> None:

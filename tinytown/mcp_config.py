@@ -99,14 +99,17 @@ def gemini_server_entry(entry: dict[str, Any], agent: str, *, follow_env: bool) 
     ``follow_env``: the agent becomes ``${TINYTOWN_AGENT:-agent}``, which Gemini CLI expands
     from its environment.  A project's ``.gemini/settings.json`` overrides the private
     settings a spawned agent's round gets, so a pasted entry must not pin one identity: in
-    a round (``TINYTOWN_AGENT`` set by the runner) it names the round's agent.
+    a round (``TINYTOWN_AGENT`` set by the runner) it names the round's agent, and passes
+    the round's credential (:data:`ROUND_ENV`, which the ``gemini`` preset sets) on to it.
     """
     args = [str(a) for a in entry["args"]]
+    env = dict(entry.get("env") or {})
     if follow_env and len(args) >= 2 and args[-2] == "--agent":
         args[-1] = f"${{TINYTOWN_AGENT:-{agent}}}"
+        env[ROUND_ENV] = f"${{{ROUND_ENV}:-}}"  # and joins the round's session, not takes it over
     out: dict[str, Any] = {"command": entry["command"], "args": args}
-    if entry.get("env"):
-        out["env"] = dict(entry["env"])
+    if env:
+        out["env"] = env
     out.update(GEMINI_SERVER_SETTINGS)
     return out
 

@@ -8,6 +8,7 @@ brace anywhere else is left alone):
     {mcp_config}    the generated ``.mcp.json``      {agent}        the agent's name
     {town}          the town directory               {python}       this Python interpreter
     {gemini_home}   a private Gemini CLI home for the agent (see :func:`gemini_home`)
+    {round_credential}  the round's ``TINYTOWN_ROUND`` credential (see :mod:`tinytown.runner`)
 
 The same placeholders (but ``{prompt}``) are filled into the values of the preset's ``env``.
 
@@ -59,10 +60,11 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Invalid
+from tinytown.mcp_config import ROUND_ENV
 
 log = logging.getLogger("tinytown.presets")
 
@@ -159,6 +161,7 @@ def _fill(template: str, inputs: RoundInputs) -> str:
         "{town}": lambda: str(inputs.town),
         "{python}": lambda: sys.executable,
         GEMINI_HOME_PLACEHOLDER: lambda: str(gemini_home(inputs)),
+        "{round_credential}": lambda: str(round_server(inputs).get("env", {}).get(ROUND_ENV, "")),
     }
     for key, value in values.items():
         if key in template:
@@ -166,12 +169,26 @@ def _fill(template: str, inputs: RoundInputs) -> str:
     return template
 
 
+def round_server(inputs: RoundInputs) -> dict[str, Any]:
+    """The ``tinytown`` entry of the round's generated MCP config (with the round's
+    credential in its ``env``), else a plain entry for the agent."""
+    from tinytown.mcp_config import SERVER_KEY, server_entry
+
+    try:
+        entry = json.loads(inputs.mcp_config.read_text(encoding="utf-8"))["mcpServers"][SERVER_KEY]
+    except (OSError, ValueError, KeyError, TypeError):
+        entry = None
+    if not isinstance(entry, dict) or not isinstance(entry.get("env", {}), dict):
+        return server_entry(inputs.town, inputs.agent, reveal_secrets=True)
+    return entry
+
+
 def gemini_home(inputs: RoundInputs) -> Path:
     """Write the agent's private Gemini CLI home (``GEMINI_CLI_HOME``) and return its path.
 
     ``.tt/gemini/<agent>/.gemini/settings.json`` is the user's own ``settings.json`` (from
     ``$GEMINI_CLI_HOME/.gemini``, else ``~/.gemini``; never changed) with ``mcpServers.tinytown``
-    set to this agent's server; every other entry of the user's ``.gemini`` (credentials,
+    set to the round's server; every other entry of the user's ``.gemini`` (credentials,
     extensions, memory, history) is linked, so Gemini CLI otherwise behaves as it does for
     the user.  Gemini CLI skips a system settings file that root does not own, so a private
     home is the one place a non-root tinytown can give it per-agent settings.  Mode 0600: it
@@ -184,7 +201,7 @@ def gemini_home(inputs: RoundInputs) -> Path:
     Raises:
         Invalid: the user's settings file is not a JSON object.
     """
-    from tinytown.mcp_config import SERVER_KEY, gemini_server_entry, server_entry
+    from tinytown.mcp_config import SERVER_KEY, gemini_server_entry
 
     home = TownPaths(inputs.town).runtime / "gemini" / inputs.agent
     private = home / ".gemini"
@@ -199,8 +216,7 @@ def gemini_home(inputs: RoundInputs) -> Path:
                 link.symlink_to(item)
     servers = settings.get("mcpServers")
     servers = dict(servers) if isinstance(servers, dict) else {}
-    entry = server_entry(inputs.town, inputs.agent, reveal_secrets=True)
-    servers[SERVER_KEY] = gemini_server_entry(entry, inputs.agent, follow_env=False)
+    servers[SERVER_KEY] = gemini_server_entry(round_server(inputs), inputs.agent, follow_env=False)
     settings["mcpServers"] = servers
     path = private / "settings.json"
     tmp = path.with_suffix(".json.tmp")
@@ -281,7 +297,10 @@ BUILTIN_PRESETS: dict[str, Preset] = {
         "gemini",
         ("gemini", "--approval-mode", "yolo", "-p", GEMINI_PROMPT),
         prompt="stdin",
-        env={"GEMINI_CLI_HOME": GEMINI_HOME_PLACEHOLDER, "GEMINI_CLI_TRUST_WORKSPACE": "true"},
+        # TINYTOWN_ROUND for a project entry (from `tt mcp config --client gemini`) that wins
+        # over the private one: it passes the variable on to the round's server
+        env={"GEMINI_CLI_HOME": GEMINI_HOME_PLACEHOLDER, "GEMINI_CLI_TRUST_WORKSPACE": "true",
+             ROUND_ENV: "{round_credential}"},
         install_hint="npm install -g @google/gemini-cli",
     ),
     SCRIPTED: Preset(
