@@ -32,12 +32,14 @@ EDIT = ("I will create it.\n\nhello.txt\n```\n<<<<<<< SEARCH\n=======\nhello fro
 
 
 def aider_python() -> str:
-    """An interpreter aider 0.86 installs on (it requires Python < 3.13)."""
+    """An interpreter aider 0.86 installs on (it requires Python < 3.13): this one, else the
+    first python3.12/3.11/3.10 that runs (a pyenv shim may exist for a version not enabled)."""
     if sys.version_info < (3, 13):
         return sys.executable
-    for name in ("python3.12", "python3.11", "python3.10"):
+    for name in ("python3.12", "python3.11", "python3.10", "/usr/bin/python3"):
         found = shutil.which(name)
-        if found:
+        probe = "import sys, venv; sys.exit(sys.version_info >= (3, 13))"
+        if found and subprocess.run([found, "-c", probe], capture_output=True, check=False).returncode == 0:
             return found
     pytest.fail("aider-chat 0.86 needs Python 3.10-3.12; install python3.12 (or set PYTHON for .ci/run)")
 
