@@ -190,7 +190,8 @@ async def test_backlog_task_is_claimed_by_the_caller(real_town: Town) -> None:
         await refused(bob, "claim_task", "not_found")
         await refused(bob, "claim_task", "conflict", task_id=task["id"])
     assert claimed["id"] == task["id"] and claimed["state"] == "running"
-    assert claimed["assigned_to"] == (await real_town.get_agent("bob")).id
+    assert claimed["assigned_to"] == "bob"
+    assert claimed["assigned_to_id"] == (await real_town.get_agent("bob")).id
 
 
 async def test_list_tasks_pages_with_next_cursor_and_get_task_reads_one(real_town: Town) -> None:

@@ -55,6 +55,7 @@ class Plan:
     ack: list[list[Any]] = field(default_factory=list)
     send: list[list[Any]] = field(default_factory=list)
     events: list[list[Any]] = field(default_factory=list)
+    number: list[list[str]] = field(default_factory=list)
 
     def guard(self, key: str, fld: str, allowed: Sequence[str], code: str, sentence: str) -> None:
         self.guards.append([key, fld, list(allowed), code, sentence])
@@ -219,8 +220,9 @@ class Channel:
         """
         return str(await self._run("claim", agent_id, task_id or "", EVENTS_MAXLEN, session or ""))
 
-    async def apply(self, plan: Plan) -> None:
-        """Run a guarded plan atomically (see :class:`Plan`)."""
+    async def apply(self, plan: Plan) -> list[int]:
+        """Run a guarded plan atomically (see :class:`Plan`); returns the task numbers it
+        gave (``plan.number``), in order."""
         body = {
             "guards": plan.guards,
             "hset": plan.hset,
@@ -233,10 +235,12 @@ class Channel:
             "ack": plan.ack,
             "send": plan.send,
             "events": plan.events,
+            "number": plan.number,
             "max_inbox": self.max_inbox,
             "maxlen": EVENTS_MAXLEN,
         }
-        await self._run("apply", json.dumps(body))
+        given = await self._run("apply", json.dumps(body))
+        return [int(n) for n in given] if isinstance(given, list) else []
 
 
     async def counts(self, agent_id: str) -> InboxCounts:

@@ -58,10 +58,10 @@ class View:
     assignees: dict[str, str] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
-    def number(self, task_id: str) -> str:
-        if task_id not in self.numbers:
-            self.numbers[task_id] = len(self.numbers) + 1
-        return f"#{self.numbers[task_id]}"
+    def number(self, task: Task) -> str:
+        """The task's own short reference (``#N``, as every ``tt`` command takes it)."""
+        self.numbers[task.id] = task.number or 0
+        return task.ref
 
     async def on_event(self, event: Event) -> None:
         line = await self.describe(event)
@@ -90,7 +90,7 @@ class View:
             return None
         task = await self.town.get_task(str(task_id))
         self.tasks[task.id] = task
-        ref = self.number(task.id)
+        ref = self.number(task)
         if event.type == "task.assigned":
             self.assignees[task.id] = agent
             return f"task {ref} → {agent}: {one_line(task.description, 50)}"
@@ -190,7 +190,6 @@ async def _all_final(town: Town, task_ids: list[str], after: str) -> None:
 async def _final(town: Town, task_ids: list[str], ok: bool, json_out: bool) -> int:
     agents = [a for a in await town.list_agents() if a.name != "conductor"]
     tasks = [await town.get_task(t) for t in task_ids]
-    names = {a.id: a.name for a in agents}
     completed = sum(t.state.value == "completed" for t in tasks)
     ok = ok and completed == len(tasks)
     if json_out:
@@ -205,9 +204,9 @@ async def _final(town: Town, task_ids: list[str], ok: bool, json_out: bool) -> i
             str(agent.rounds_completed), str(agent.tasks_completed),
         ])  # fmt: skip
     task_table = Table(["task", "state", "agent", "description", "result"], title="Tasks", folding=FOLDING)
-    for n, task in enumerate(tasks, 1):
+    for task in tasks:
         task_table.rows.append([
-            f"#{n}", styled(task.state.value, STATE_STYLES), names.get(task.assigned_to or "", "-"),
+            task.ref, styled(task.state.value, STATE_STYLES), task.assignee or "-",
             one_line(task.description, 40), one_line(task.result or task.error or "", 50),
         ])  # fmt: skip
     summary = (f"{completed} of {len(tasks)} tasks completed by "

@@ -16,6 +16,8 @@ and several towns can share one Redis without seeing each other.
     tt:{town}:msg:<id>                hash   Message record (+ internal "attempt")
     tt:{town}:task:<id>               hash   Task record (+ internal "msg_id": the task message of
                                              this attempt, "held_by": the session that took it)
+    tt:{town}:task_number             counter: the last task number (#N) given
+    tt:{town}:task_numbers            hash   task number -> task id (resolves #N in O(1))
     tt:{town}:tasks                   zset   task id -> seq             (every task)
     tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog)
     tt:{town}:tasks:agent:<id>        zset   task id -> seq             (ever assigned to agent)
@@ -88,6 +90,14 @@ class Keys:
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
+
+    @property
+    def task_number(self) -> str:
+        return self.prefix + "task_number"
+
+    @property
+    def task_numbers(self) -> str:
+        return self.prefix + "task_numbers"
 
     @property
     def tasks(self) -> str:

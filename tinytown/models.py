@@ -12,7 +12,14 @@ import time
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 TOWN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -163,12 +170,19 @@ class Agent(Record):
 
 
 class Task(Record):
+    """A task.  Stored, ``assigned_to`` is the assignee's agent id (what the Lua compares)
+    and ``assignee`` its name.  The public JSON (``model_dump(by_alias=True)``, what every
+    face prints) names agents by name: ``assigned_to`` is the name and ``assigned_to_id``
+    the id."""
+
     json_fields: ClassVar[frozenset[str]] = frozenset({"tags"})
 
     id: str
+    number: int | None = None  # the per-town short reference #N, given when the task is created
     description: str
     state: TaskState = TaskState.PENDING
     assigned_to: str | None = None
+    assignee: str | None = None
     created_by: str
     tags: list[str] = Field(default_factory=list)
     parent_id: str | None = None
@@ -181,6 +195,27 @@ class Task(Record):
     updated_at: int = Field(default_factory=now_ms)
     started_at: int | None = None
     completed_at: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _public_names(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if not info.by_alias or not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "assignee":
+                continue
+            if key == "assigned_to":
+                out["assigned_to"] = data.get("assignee")
+                out["assigned_to_id"] = value
+            else:
+                out[key] = value
+        return out
+
+    @property
+    def ref(self) -> str:
+        """``#N`` (or the id of a task created before numbering)."""
+        return f"#{self.number}" if self.number is not None else self.id
 
 
 class Message(Record):

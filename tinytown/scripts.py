@@ -322,8 +322,8 @@ if OP == 'claim' then
     return fail('conflict', 'task ' .. task_id .. ' is ' .. t[1] .. ', not in the backlog')
   end
   local attempt = redis.call('HINCRBY', tkey, 'attempt', 1)
-  redis.call('HSET', tkey, 'state', 'running', 'assigned_to', agent, 'started_at', now,
-    'updated_at', now, 'held_by', holder)
+  redis.call('HSET', tkey, 'state', 'running', 'assigned_to', agent, 'assignee', name,
+    'started_at', now, 'updated_at', now, 'held_by', holder)
   redis.call('ZREM', P .. 'tasks:state:pending', task_id)
   redis.call('ZADD', P .. 'tasks:state:running', t[2], task_id)
   redis.call('ZADD', P .. 'tasks:agent:' .. agent, t[2], task_id)
@@ -338,7 +338,10 @@ end
 --         ack = {{agent, message id, priority}}  (acknowledged wherever it is: in flight or queued),
 --         hset = {{key, fields}}, hdel = {{key, fields}}, hincr = {{key, field, by}},
 --         zadd = {{key, score, member}}, zrem = {{key, member}}, del = {key},
---         send = {{agent, fields}}, events = {{type, data}}, conflict = sentence}
+--         send = {{agent, fields}}, events = {{type, data}}, conflict = sentence,
+--         number = {{counter, index, task key, task id}}}
+-- number: each new task gets the next per-town number (field "number" and index
+-- number -> id) in this same write; the reply is the list of numbers given
 if OP == 'apply' then
   local plan = cjson.decode(ARGV[4])
   for _, g in ipairs(plan.guards or {}) do
@@ -356,6 +359,13 @@ if OP == 'apply' then
     end
   end
   for _, h in ipairs(plan.hset or {}) do hset_table(P .. h[1], h[2]) end
+  local numbers = {}
+  for _, n in ipairs(plan.number or {}) do
+    local num = redis.call('INCR', P .. n[1])
+    redis.call('HSET', P .. n[3], 'number', num)
+    redis.call('HSET', P .. n[2], num, n[4])
+    numbers[#numbers + 1] = num
+  end
   for _, h in ipairs(plan.hdel or {}) do
     if #h[2] > 0 then redis.call('HDEL', P .. h[1], unpack(h[2])) end
   end
@@ -374,7 +384,7 @@ if OP == 'apply' then
     push(s[1], s[2].id, s[2].priority, false)
   end
   for _, e in ipairs(plan.events or {}) do event(e[1], e[2], plan.maxlen) end
-  return 1
+  return numbers
 end
 
 return fail('invalid', 'unknown script operation ' .. tostring(OP))

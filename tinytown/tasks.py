@@ -10,6 +10,7 @@ again.  A late report from a previous assignee is a ``conflict``; a stranger's i
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
@@ -48,6 +49,11 @@ T = TypeVar("T")
 MAX_TAGS = 20
 MAX_TAG_LEN = 64
 MAX_PAGE = 500
+MIN_PREFIX = 4
+MAX_CANDIDATES = 5
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_PREFIX_RE = re.compile(r"^[0-9a-f][0-9a-f-]*$")
+REFERENCE_FORMS = "#N, N, the task id, or at least 4 first characters of the id"
 
 NOTICE_KIND = {
     TaskState.COMPLETED: MessageKind.TASK_DONE,
@@ -98,6 +104,63 @@ class TaskOps:
 
     # ----------------------------------------------------------------- reading
 
+    async def resolve_task(self, ref: str) -> str:
+        """The id of the task ``ref`` names: ``#N`` or ``N`` (its per-town number, one hash
+        lookup), its id, or a unique prefix of the id (at least 4 characters).  A number of
+        4+ digits that no task has is tried as an id prefix.  Every face passes what the
+        user typed through here (the Town methods that take a task call it), so each
+        accepts every form.  A full id is returned as is, without a round trip.
+
+        Raises:
+            NotFound: no task has that number or id prefix.
+            Invalid: the prefix fits several tasks (they are named).
+        """
+        text = ref.strip().lower()
+        if _UUID_RE.match(text):
+            return text
+        digits = text.removeprefix("#")
+        if digits.isascii() and digits.isdigit():
+            async with wrap_redis_errors():
+                found = await self.redis.hget(self.keys.task_numbers, str(int(digits)))
+            if found is not None:
+                return str(found)
+            if text.startswith("#") or len(digits) < MIN_PREFIX:
+                raise NotFound(f"no task #{int(digits)}; `list_tasks` / `tt tasks` show the tasks")
+        if len(text) < MIN_PREFIX or not _PREFIX_RE.match(text):
+            raise NotFound(
+                f"no task {ref!r}; name a task by {REFERENCE_FORMS} (`tt tasks` lists them)"
+            )
+        matches: list[str] = []
+        async with wrap_redis_errors():
+            async for member, _score in self.redis.zscan_iter(self.keys.tasks, match=text + "*",
+                                                               count=1000):
+                matches.append(str(member))
+        if not matches:
+            raise NotFound(f"no task id starts with {text!r}; `list_tasks` / `tt tasks` show the tasks")
+        if len(matches) > 1:
+            async with wrap_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+                for task_id in matches[:MAX_CANDIDATES]:
+                    pipe.hget(self.keys.task(task_id), "number")
+                numbers = await pipe.execute()
+            named = ", ".join(
+                f"#{n} ({t})" if n else t for t, n in zip(matches[:MAX_CANDIDATES], numbers, strict=True)
+            )
+            more = f" and {len(matches) - MAX_CANDIDATES} more" if len(matches) > MAX_CANDIDATES else ""
+            raise Invalid(f"{ref!r} fits {len(matches)} tasks: {named}{more}; give more of the id or #N")
+        return matches[0]
+
+    async def task_numbers(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """Task id -> number for the given ids (one pipelined read): how a view shows ``#N``
+        for a task it knows by id (an agent's current task, an event, a message)."""
+        wanted = list(dict.fromkeys(t for t in task_ids if t))
+        if not wanted:
+            return {}
+        async with wrap_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for task_id in wanted:
+                pipe.hget(self.keys.task(task_id), "number")
+            numbers = await pipe.execute()
+        return {t: int(n) for t, n in zip(wanted, numbers, strict=True) if n}
+
     async def _read_task(self, task_id: str) -> tuple[Task, int]:
         task, seq, _message = await self._read_task_message(task_id)
         return task, seq
@@ -109,15 +172,30 @@ class TaskOps:
             data = await self.redis.hgetall(self.keys.task(task_id))
         if not data:
             raise NotFound(f"no task {task_id!r}; `list_tasks` / `tt tasks` show the task ids")
-        return Task.from_redis(data), int(data.get("seq", 0)), data.get("msg_id") or None
+        task = (await self._name_assignees([Task.from_redis(data)]))[0]
+        return task, int(data.get("seq", 0)), data.get("msg_id") or None
+
+    async def _name_assignees(self, tasks: list[Task]) -> list[Task]:
+        """Fill ``assignee`` (the name) where a record has only the id (written by a path
+        that does not store the name)."""
+        missing = [t for t in tasks if t.assigned_to and not t.assignee]
+        if not missing:
+            return tasks
+        async with wrap_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for task in missing:
+                pipe.hget(self.keys.agent(task.assigned_to or ""), "name")
+            names = await pipe.execute()
+        found = {t.id: n for t, n in zip(missing, names, strict=True) if n}
+        return [t.model_copy(update={"assignee": found[t.id]}) if t.id in found else t for t in tasks]
 
     async def get_task(self, task_id: str) -> Task:
-        """One task by id.
+        """One task by any reference (see :meth:`resolve_task`).
 
         Raises:
             NotFound: no such task.
+            Invalid: an ambiguous id prefix.
         """
-        return (await self._read_task(task_id))[0]
+        return (await self._read_task(await self.resolve_task(task_id)))[0]
 
     async def list_tasks(
         self,
@@ -182,7 +260,8 @@ class TaskOps:
                     break
         page = found[:limit]
         more = len(found) > limit
-        return TaskPage(tasks=[t for t, _ in page], next_cursor=str(page[-1][1]) if more else None)
+        listed = await self._name_assignees([t for t, _ in page])
+        return TaskPage(tasks=listed, next_cursor=str(page[-1][1]) if more else None)
 
     # ----------------------------------------------------------------- creating
 
@@ -218,7 +297,7 @@ class TaskOps:
                 raise Invalid("a task goes to one agent, not 'all'; leave the agent out for the backlog")
             assignee = await self.get_agent(agent)
         if parent_id is not None:
-            await self.get_task(parent_id)
+            parent_id = (await self.get_task(parent_id)).id
         async with wrap_redis_errors():
             seq = int(await self.redis.incr(self.keys.seq))
         task = Task(
@@ -228,29 +307,31 @@ class TaskOps:
         plan = Plan()
         task_key = self._k(self.keys.task(task.id))
         plan.hset.append([task_key, {**task.to_redis(), "seq": str(seq)}])
+        plan.number.append([self._k(self.keys.task_number), self._k(self.keys.task_numbers), task_key,
+                            task.id])
         plan.zadd.append([self._k(self.keys.tasks), seq, task.id])
         plan.event("task.created", task_id=task.id, by=creator.name, priority=priority.value)
         if assignee is None:
             plan.zadd.append([self._k(self.keys.backlog), seq, task.id])
         else:
             task = self._assign_into(plan, task, seq, assignee, creator.name)
-        await self.channel.apply(plan)
-        return task
+        numbers = await self.channel.apply(plan)
+        return task.model_copy(update={"number": numbers[0]})
 
     def _assign_into(self, plan: Plan, task: Task, seq: int, agent: Agent, sender: str) -> Task:
         """Add to ``plan`` the writes that give ``task`` to ``agent`` (a new attempt)."""
         now = now_ms()
         task = task.model_copy(update={
-            "state": TaskState.ASSIGNED, "assigned_to": agent.id, "attempt": task.attempt + 1,
-            "updated_at": now, "started_at": None,
+            "state": TaskState.ASSIGNED, "assigned_to": agent.id, "assignee": agent.name,
+            "attempt": task.attempt + 1, "updated_at": now, "started_at": None,
         })
         task_key = self._k(self.keys.task(task.id))
         plan.guard(self._k(self.keys.agent(agent.id)), "name", [agent.name], "not_found",
                    f"agent {agent.name} was removed")
         message_id = str(uuid.uuid4())
         plan.hset.append([task_key, {"state": task.state.value, "assigned_to": agent.id,
-                                     "attempt": str(task.attempt), "updated_at": str(now),
-                                     "msg_id": message_id}])
+                                     "assignee": agent.name, "attempt": str(task.attempt),
+                                     "updated_at": str(now), "msg_id": message_id}])
         plan.hdel.append([task_key, ["started_at", "held_by"]])
         plan.zadd.append([self._k(self.keys.tasks_in_state(TaskState.ASSIGNED)), seq, task.id])
         plan.zadd.append([self._k(self.keys.tasks_of_agent(agent.id)), seq, task.id])
@@ -277,6 +358,8 @@ class TaskOps:
             Conflict: the task is not in the backlog (anymore), or ``session`` was taken over.
         """
         claimer = await self.get_agent(agent)
+        if task_id is not None:
+            task_id = await self.resolve_task(task_id)
         claimed = await self.channel.claim(claimer.id, task_id, session)
         if session is None and claimer.cli is not None:
             await self.handback.give_back(claimer.name, [claimed])
@@ -325,6 +408,7 @@ class TaskOps:
         decided_by: TaskDecider | None = None,
     ) -> Task:
         caller = await self.get_agent(by)
+        task_id = await self.resolve_task(task_id)
 
         async def once() -> Task:
             task, seq, message_id = await self._read_task_message(task_id)
@@ -473,11 +557,13 @@ class TaskOps:
                 if target is None:
                     now = now_ms()
                     plan.hset.append([task_key, {"state": TaskState.PENDING.value, "updated_at": str(now)}])
-                    plan.hdel.append([task_key, ["assigned_to", "started_at", "held_by", "msg_id"]])
+                    plan.hdel.append([task_key, ["assigned_to", "assignee", "started_at", "held_by",
+                                                 "msg_id"]])
                     plan.zadd.append([self._k(self.keys.backlog), seq, task.id])
                     plan.event("task.reclaimed", task_id=task.id, agent=holder.name)
                     result = task.model_copy(update={"state": TaskState.PENDING, "assigned_to": None,
-                                                     "started_at": None, "updated_at": now})
+                                                     "assignee": None, "started_at": None,
+                                                     "updated_at": now})
                 else:
                     result = self._assign_into(plan, task, seq, target, CONDUCTOR)
                 await self.channel.apply(plan)

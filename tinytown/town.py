@@ -455,7 +455,8 @@ class Town(TaskOps, LifecycleOps):
         """Send a message; ``to="all"`` stores a copy for every agent that is not stopped.
 
         Raises:
-            Invalid: bad kind/priority, body over the limit, empty body, a full inbox.
+            Invalid: bad kind/priority, body over the limit, empty body, a full inbox, an
+                ambiguous task reference (``task_id`` takes any form :meth:`resolve_task` does).
             NotFound: unknown sender, recipient, task or ``reply_to`` message.
         """
         kind = parse_enum(MessageKind, kind, "kind")
@@ -463,6 +464,8 @@ class Town(TaskOps, LifecycleOps):
         if not body.strip():
             raise Invalid("the message body is empty; say something")
         check_size(body, self.config.limits.max_body_bytes, "the message body")
+        if task_id is not None:
+            task_id = await self.resolve_task(task_id)
         sender_name = normalise_agent_name(sender)
         to_name = normalise_agent_name(to)
         # every field is validated above, so skip a second validation pass on the hot path

@@ -23,7 +23,8 @@ TaskStateName = Literal["pending", "assigned", "running", "completed", "failed",
 PriorityName = Literal["urgent", "high", "normal", "low"]
 KindName = Literal["task", "query", "info", "ack", "task_done", "task_failed", "task_cancelled", "custom"]
 
-TaskId = Annotated[str, Field(min_length=1, max_length=128, description="The task id (a uuid).")]
+TaskId = Annotated[str, Field(min_length=1, max_length=128, description=(
+    "The task: #N or N (its number), its id, or a unique prefix of the id (4+ characters)."))]
 AgentName = Annotated[str, Field(min_length=1, max_length=32)]
 
 
@@ -116,11 +117,12 @@ async def assign_task(
         max_length=MAX_TAGS, description="Labels for filtering.")] = None,
     priority: Annotated[PriorityName, Field(description="Urgent tasks are received first.")] = "normal",
     parent_id: Annotated[str | None, Field(max_length=128, description=(
-        "The task this one is part of (a task id), if any."))] = None,
+        "The task this one is part of (#N, N, its id or a unique id prefix), if any."))] = None,
 ) -> CallToolResult:
     """Create a task. With `agent` it is assigned at once and the agent receives a `task` message
     carrying the task id; without, it waits in the backlog. You receive a `task_done` /
-    `task_failed` message when it finishes. Returns the task (keep its `id`)."""
+    `task_failed` message when it finishes. Returns the task: its `number` N is its short
+    reference (`#N`), accepted wherever a task id is."""
 
     async def call(s: Session) -> dict[str, Any]:
         task = await s.town.assign(
@@ -134,7 +136,8 @@ async def assign_task(
 async def claim_task(
     ctx: ToolContext,
     task_id: Annotated[str | None, Field(max_length=128, description=(
-        "A backlog task to take; leave it out to take the oldest one."))] = None,
+        "A backlog task to take (#N, N, its id or a unique id prefix); leave it out to take the "
+        "oldest one."))] = None,
 ) -> CallToolResult:
     """Take a task from the backlog for yourself; it becomes `running` and yours to finish with
     task_done or task_failed. not_found means the backlog is empty."""

@@ -44,6 +44,7 @@ app.add_typer(backlog_app, name="backlog")
 
 PriorityOption = Annotated[str, typer.Option("--priority", "-p", help="urgent | high | normal | low.")]
 TagOption = Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag for the task (repeatable).")]
+TASK_REF_HELP = "The task: #N, N (its number), its id, or a unique id prefix (4+ characters)."
 FromOption = Annotated[
     str | None,
     typer.Option("--from", help="Act as this agent (default: $TINYTOWN_AGENT, else conductor)."),
@@ -76,9 +77,9 @@ def _name(agent: str) -> str:
     return normalise_agent_name(agent)
 
 
-async def _agent_names(town: "Town") -> dict[str, str]:
-    """Agent id → name, to show assignees by name."""
-    return {a.id: a.name for a in await town.list_agents()}
+async def _current_numbers(town: "Town", agents: "list[Any]") -> dict[str, int]:
+    """The numbers of the agents' current tasks, to show them as ``#N``."""
+    return await town.task_numbers([a.current_task for a in agents if a.current_task])
 
 
 # --------------------------------------------------------------------- the town
@@ -200,13 +201,13 @@ def status(
 ) -> None:
     """The town: Redis, agents (state, staleness, inbox, task), task counts by state."""
     if not watch:
-        result = run(ctx, lambda town: town.status())
+        result, numbers = run(ctx, _status_view)
         if json_out:
             print_json(result)
         else:
             from tinytown.cli.render import show
 
-            show(_status_parts(result))
+            show(_status_parts(result, numbers))
         return
     try:
         run(ctx, lambda town: _watch(town, json_out))
@@ -229,11 +230,11 @@ async def _watch(town: "Town", json_out: bool) -> None:
         changed = True
         while True:
             if changed:
-                current = await town.status()
+                current, numbers = await _status_view(town)
                 if json_out:
                     _json_line(current)
                 else:
-                    sys.stdout.write(plain(_status_parts(current)) + "\n")
+                    sys.stdout.write(plain(_status_parts(current, numbers)) + "\n")
                     sys.stdout.flush()
             events = await town.wait_events(last, WATCH_REFRESH_S)
             changed = bool(events)
@@ -241,17 +242,22 @@ async def _watch(town: "Town", json_out: bool) -> None:
                 last = events[-1].id
     from rich.live import Live
 
-    current = await town.status()
-    with Live(renderable(_status_parts(current)), console=console(), auto_refresh=False) as live:
+    current, numbers = await _status_view(town)
+    with Live(renderable(_status_parts(current, numbers)), console=console(), auto_refresh=False) as live:
         while True:
             events = await town.wait_events(last, WATCH_REFRESH_S)
             if events:
                 last = events[-1].id
-            current = await town.status()
-            live.update(renderable(_status_parts(current)), refresh=True)
+            current, numbers = await _status_view(town)
+            live.update(renderable(_status_parts(current, numbers)), refresh=True)
 
 
-def _status_parts(current: "TownStatus") -> "list[Part]":
+async def _status_view(town: "Town") -> "tuple[TownStatus, dict[str, int]]":
+    current = await town.status()
+    return current, await _current_numbers(town, [v.agent for v in current.agents])
+
+
+def _status_parts(current: "TownStatus", numbers: dict[str, int]) -> "list[Part]":
     from tinytown.cli.render import STATE_STYLES, Cell, Table, ago, styled, task_ref
 
     where = f"  ({current.root})" if current.root else ""
@@ -268,7 +274,7 @@ def _status_parts(current: "TownStatus") -> "list[Part]":
         urgent: Cell = (str(view.inbox.urgent), "bold red") if view.inbox.urgent else "0"
         table.rows.append([
             agent.name, state_cell, ago(agent.last_seen), str(view.inbox.pending), urgent,
-            str(view.inbox.in_flight), task_ref(agent.current_task),
+            str(view.inbox.in_flight), task_ref(agent.current_task, numbers),
         ])  # fmt: skip
     parts.append(table)
     parts.append("tasks  " + "  ".join(f"{name} {count}" for name, count in current.tasks.items()))
@@ -283,16 +289,17 @@ def list_agents(
 ) -> None:
     """The agents of the town (the conductor first)."""
 
-    async def go(town: "Town") -> tuple[list[Any], float]:
-        return await town.list_agents(agent_state), town.config.stale_after_s
+    async def go(town: "Town") -> tuple[list[Any], float, dict[str, int]]:
+        agents = await town.list_agents(agent_state)
+        return agents, town.config.stale_after_s, await _current_numbers(town, agents)
 
-    agents, stale_after_s = run(ctx, go)
+    agents, stale_after_s, numbers = run(ctx, go)
     if json_out:
         print_json({"agents": agents})
         return
     from tinytown.cli.render import agents_table, show
 
-    show([agents_table(agents, stale_after_s)])
+    show([agents_table(agents, stale_after_s, numbers)])
 
 
 @app.command()
@@ -482,7 +489,7 @@ def assign(
         return
     from tinytown.cli.render import say
 
-    say(f"assigned task {task.id} to {_name(agent)} [{task.priority.value}]")
+    say(f"assigned task {task.ref} to {_name(agent)} [{task.priority.value}] (id {task.id})")
 
 
 @app.command()
@@ -498,21 +505,17 @@ def tasks(
 ) -> None:
     """Tasks, newest first, a page at a time."""
 
-    async def go(town: "Town") -> tuple[Any, dict[str, str]]:
-        page = await town.list_tasks(state=task_state, agent=agent, limit=limit, cursor=cursor)
-        return page, await _agent_names(town)
-
-    page, names = run(ctx, go)
+    page = run(ctx, lambda town: town.list_tasks(state=task_state, agent=agent, limit=limit, cursor=cursor))
     if json_out:
         print_json(page)
         return
-    _show_page(page, names, "tasks")
+    _show_page(page, "tasks")
 
 
-def _show_page(page: Any, names: dict[str, str], command: str) -> None:
+def _show_page(page: Any, command: str) -> None:
     from tinytown.cli.render import show, tasks_table
 
-    parts: list[Part] = [tasks_table(page.tasks, names)] if page.tasks else ["no tasks"]
+    parts: list[Part] = [tasks_table(page.tasks)] if page.tasks else ["no tasks"]
     if page.next_cursor:
         parts.append(f"more: tt {command} --cursor {page.next_cursor}")
     show(parts)
@@ -521,27 +524,24 @@ def _show_page(page: Any, names: dict[str, str], command: str) -> None:
 @task_app.command("show")
 def task_show(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help=TASK_REF_HELP)],
     json_out: JsonOption = False,
 ) -> None:
     """One task with its description, result or error."""
 
-    async def go(town: "Town") -> tuple[Any, dict[str, str]]:
-        return await town.get_task(task_id), await _agent_names(town)
-
-    task, names = run(ctx, go)
+    task = run(ctx, lambda town: town.get_task(task_id))
     if json_out:
         print_json(task)
         return
     from tinytown.cli.render import show, task_parts
 
-    show(task_parts(task, names))
+    show(task_parts(task))
 
 
 @task_app.command("done")
 def task_done(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help=TASK_REF_HELP)],
     result: Annotated[str, typer.Argument(help="What was done (the creator is told).")],
     sender: FromOption = None,
     json_out: JsonOption = False,
@@ -555,7 +555,7 @@ def task_done(
 @task_app.command("fail")
 def task_fail(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help=TASK_REF_HELP)],
     error: Annotated[str, typer.Argument(help="Why it failed (the creator is told).")],
     sender: FromOption = None,
     json_out: JsonOption = False,
@@ -569,7 +569,7 @@ def task_fail(
 @task_app.command("cancel")
 def task_cancel(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help=TASK_REF_HELP)],
     reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why (the agents are told).")] = None,
     sender: FromOption = None,
     json_out: JsonOption = False,
@@ -586,7 +586,7 @@ def _finished(task: Any, json_out: bool) -> None:
         return
     from tinytown.cli.render import say
 
-    say(f"task {task.id} {task.state.value}")
+    say(f"task {task.ref} {task.state.value}")
 
 
 @backlog_app.command("add")
@@ -605,7 +605,7 @@ def backlog_add(
         return
     from tinytown.cli.render import say
 
-    say(f"added task {task.id} to the backlog [{task.priority.value}]")
+    say(f"added task {task.ref} to the backlog [{task.priority.value}] (id {task.id})")
 
 
 @backlog_app.command("list")
@@ -625,13 +625,14 @@ def backlog_list(
     if json_out:
         print_json(page)
         return
-    _show_page(page, {}, "backlog list")
+    _show_page(page, "backlog list")
 
 
 @backlog_app.command("claim")
 def backlog_claim(
     ctx: typer.Context,
-    task_id: Annotated[str | None, typer.Argument(help="A backlog task id (default: the oldest).")] = None,
+    task_id: Annotated[str | None, typer.Argument(
+        help="A backlog task: #N, N, its id or a unique id prefix (default: the oldest).")] = None,
     agent: Annotated[
         str | None, typer.Option("--agent", help="Claim for this agent (default: $TINYTOWN_AGENT).")
     ] = None,
@@ -645,7 +646,7 @@ def backlog_claim(
         return
     from tinytown.cli.render import one_line, say
 
-    say(f"{_name(who)} claimed task {task.id}: {one_line(task.description)}")
+    say(f"{_name(who)} claimed task {task.ref}: {one_line(task.description)}")
 
 
 # --------------------------------------------------------------------- history

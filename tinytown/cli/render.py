@@ -143,12 +143,19 @@ def clock(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
-def task_ref(task_id: str | None) -> str:
-    """A current task in an overview table: the full id for scripts, its first 8 characters
-    on a terminal (``tt task show`` and ``--json`` give the whole id)."""
+def task_ref(task_id: str | None, numbers: dict[str, int] | None = None) -> str:
+    """A task known by id in an overview: ``#N`` when its number is known, else the first 8
+    characters of the id (a prefix every command takes; ``--json`` gives the whole id)."""
     if not task_id:
         return "-"
-    return task_id[:8] + "…" if is_terminal() else task_id
+    if numbers and task_id in numbers:
+        return f"#{numbers[task_id]}"
+    return task_id[:8]
+
+
+def short_id(task_id: str) -> str:
+    """The first 8 characters of an id: unique in practice, and accepted as a prefix."""
+    return task_id[:8]
 
 
 def one_line(text: str, width: int = DESCRIPTION_WIDTH) -> str:
@@ -162,37 +169,39 @@ def one_line(text: str, width: int = DESCRIPTION_WIDTH) -> str:
 # --------------------------------------------------------------------- records
 
 
-def agents_table(agents: Sequence[Agent], stale_after_s: float) -> Table:
+def agents_table(
+    agents: Sequence[Agent], stale_after_s: float, numbers: dict[str, int] | None = None
+) -> Table:
     table = Table(["name", "state", "cli", "role", "task", "done", "seen"])
     for agent in agents:
         state: Cell = styled(agent.state.value, STATE_STYLES)
         if agent.is_stale(stale_after_s):
             state = (f"{agent.state.value} (stale)", "bold red")
         table.rows.append([
-            agent.name, state, agent.cli or "-", agent.role or "-", task_ref(agent.current_task),
+            agent.name, state, agent.cli or "-", agent.role or "-", task_ref(agent.current_task, numbers),
             str(agent.tasks_completed), ago(agent.last_seen),
         ])  # fmt: skip
     return table
 
 
-def tasks_table(tasks: Sequence[Task], names: dict[str, str]) -> Table:
-    """Tasks with the assignee shown by name (``names`` maps agent id to name)."""
-    table = Table(["id", "state", "priority", "agent", "try", "description"])
+def tasks_table(tasks: Sequence[Task]) -> Table:
+    """Tasks by short reference (``#N`` and the id's first characters), assignee by name."""
+    table = Table(["task", "id", "state", "priority", "agent", "try", "description"])
     for task in tasks:
-        agent = names.get(task.assigned_to, task.assigned_to) if task.assigned_to else "-"
+        agent = task.assignee or task.assigned_to or "-"
         table.rows.append([
-            task.id, styled(task.state.value, STATE_STYLES),
+            task.ref, short_id(task.id), styled(task.state.value, STATE_STYLES),
             styled(task.priority.value, PRIORITY_STYLES), agent or "-", str(task.attempt),
             one_line(task.description),
         ])  # fmt: skip
     return table
 
 
-def task_parts(task: Task, names: dict[str, str]) -> list[Part]:
+def task_parts(task: Task) -> list[Part]:
     """One task, field by field."""
-    agent = names.get(task.assigned_to, task.assigned_to) if task.assigned_to else None
+    agent = task.assignee or task.assigned_to
     fields: list[tuple[str, Any]] = [
-        ("id", task.id), ("state", task.state.value), ("priority", task.priority.value),
+        ("task", task.ref), ("id", task.id), ("state", task.state.value), ("priority", task.priority.value),
         ("assigned_to", agent), ("created_by", task.created_by), ("attempt", task.attempt),
         ("tags", ", ".join(task.tags) or None), ("parent_id", task.parent_id),
         ("created", clock(task.created_at)), ("updated", clock(task.updated_at)),
