@@ -281,6 +281,15 @@ class Channel:
             rows = await self.redis.xrevrange(self.keys.events, count=count)
         return [_event(eid, fields) for eid, fields in reversed(rows)]
 
+    async def events_before(self, before: str | None, count: int) -> list[Event]:
+        """Up to ``count`` events older than id ``before`` (``None``: the newest), newest first:
+        a page of a backwards scan."""
+        async with wrap_redis_errors():
+            rows = await self.redis.xrevrange(
+                self.keys.events, max=f"({before}" if before else "+", min="-", count=count
+            )
+        return [_event(eid, fields) for eid, fields in rows]
+
     async def wait_events(self, after: str, block_s: float) -> list[Event]:
         """Events after id ``after`` (``"$"``: only new ones), waiting up to ``block_s``."""
         async with wrap_redis_errors():

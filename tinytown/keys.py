@@ -18,6 +18,7 @@ and several towns can share one Redis without seeing each other.
                                              this attempt, "held_by": the session that took it)
     tt:{town}:task_number             counter: the last task number (#N) given
     tt:{town}:task_numbers            hash   task number -> task id (resolves #N in O(1))
+    tt:{town}:task_msgs:<id>          zset   message id -> position (the task's thread, in order)
     tt:{town}:tasks                   zset   task id -> seq             (every task)
     tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog)
     tt:{town}:tasks:agent:<id>        zset   task id -> seq             (ever assigned to agent)
@@ -98,6 +99,11 @@ class Keys:
     @property
     def task_numbers(self) -> str:
         return self.prefix + "task_numbers"
+
+    def task_messages(self, task_id: str) -> str:
+        """The task's thread: messages carrying its id, and replies to those (SCRIPT ``send``
+        and ``apply`` write it; the prefix ``task_msgs:`` is spelled there too)."""
+        return f"{self.prefix}task_msgs:{task_id}"
 
     @property
     def tasks(self) -> str:

@@ -71,6 +71,23 @@ local function push(agent, id, prio, front)
   ring(agent)
 end
 
+-- a message about a task joins the task's thread (tt task show): by its task_id, or as a
+-- reply to a message of the thread (recorded on the reply as the internal field 'thread')
+local function thread_of(msg)
+  if msg['task_id'] then return msg['task_id'] end
+  if msg['reply_to'] then
+    local r = redis.call('HMGET', P .. 'msg:' .. msg['reply_to'], 'task_id', 'thread')
+    return r[1] or r[2]
+  end
+  return nil
+end
+
+local function join_thread(tid, id, msg)
+  local key = P .. 'task_msgs:' .. tid
+  redis.call('ZADD', key, redis.call('ZCARD', key) + 1, id)
+  if not msg['task_id'] then redis.call('HSET', P .. 'msg:' .. id, 'thread', tid) end
+end
+
 local function forget(agent, id)
   redis.call('ZREM', P .. 'inflight:' .. agent, id)
   redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
@@ -162,6 +179,7 @@ if OP == 'send' then
   end
   local ids = {}
   local base = msg['id']
+  local tid = thread_of(msg)
   for _, t in ipairs(targets) do
     local copy = {}
     for k, v in pairs(msg) do copy[k] = v end
@@ -169,10 +187,14 @@ if OP == 'send' then
     hset_table(P .. 'msg:' .. copy['id'], copy)
     push(t[1], copy['id'], copy['priority'], false)
     ids[#ids + 1] = copy['id']
+    if tid then join_thread(tid, copy['id'], msg) end
   end
+  -- 'copy' names a stored copy of a broadcast (the base id is not stored): history reads it
+  local copy_id = nil
+  if target == '*' then copy_id = ids[1] end
   event('message.sent', cjson.encode({id = base, from = msg['from'], to = msg['to'],
     kind = msg['kind'], priority = msg['priority'], task_id = msg['task_id'],
-    copies = #ids}), maxlen)
+    reply_to = msg['reply_to'], copy = copy_id, copies = #ids}), maxlen)
   return ids
 end
 
@@ -382,6 +404,7 @@ if OP == 'apply' then
   for _, s in ipairs(plan.send or {}) do
     hset_table(P .. 'msg:' .. s[2].id, s[2])
     push(s[1], s[2].id, s[2].priority, false)
+    if s[2].task_id then join_thread(s[2].task_id, s[2].id, s[2]) end
   end
   for _, e in ipairs(plan.events or {}) do event(e[1], e[2], plan.maxlen) end
   return numbers

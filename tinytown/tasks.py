@@ -341,7 +341,8 @@ class TaskOps:
         )
         plan.send.append([agent.id, {**message.to_redis(), "attempt": str(task.attempt)}, agent.name])
         plan.event("task.assigned", task_id=task.id, agent=agent.name, attempt=task.attempt)
-        plan.event("message.sent", id=message.id, to=agent.name, kind="task", task_id=task.id)
+        plan.event("message.sent", id=message.id, to=agent.name, kind="task", task_id=task.id,
+                   **{"from": sender})
         return task
 
     async def claim(self, agent: str, task_id: str | None = None, *, session: str | None = None) -> Task:

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config, mask_url
+from tinytown.conversation import Conversation
 from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
 from tinytown.handback import Handback
 from tinytown.keys import Keys
@@ -102,6 +103,8 @@ class Town(TaskOps, LifecycleOps):
         self._owns_redis = False
         self._ids: dict[str, str] = {}
         self.handback = Handback(self)
+        self.conversation = Conversation(self)
+        """What agents said: the history with message bodies, each task's thread."""
 
     # ----------------------------------------------------------------- lifecycle
 

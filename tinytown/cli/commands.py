@@ -30,7 +30,8 @@ from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run, r
 if TYPE_CHECKING:
     from tinytown.cli.render import Part
     from tinytown.config import TownConfig, TownPaths
-    from tinytown.models import Event, Message
+    from tinytown.conversation import HistoryEntry
+    from tinytown.models import Message
     from tinytown.redis_server import ManagedRedis
     from tinytown.town import Town, TownStatus
 
@@ -527,15 +528,17 @@ def task_show(
     task_id: Annotated[str, typer.Argument(help=TASK_REF_HELP)],
     json_out: JsonOption = False,
 ) -> None:
-    """One task with its description, result or error."""
+    """One task: its fields, its thread (every message about it) and how it ended."""
 
-    task = run(ctx, lambda town: town.get_task(task_id))
+    thread = run(ctx, lambda town: town.conversation.thread(task_id))
     if json_out:
-        print_json(task)
-        return
-    from tinytown.cli.render import show, task_parts
+        from tinytown.cli.app import to_jsonable
 
-    show(task_parts(task))
+        print_json({**to_jsonable(thread.task), "thread": thread.messages})
+        return
+    from tinytown.cli.render import show, terminal_width, thread_parts
+
+    show(thread_parts(thread, terminal_width()))
 
 
 @task_app.command("done")
@@ -657,39 +660,53 @@ def history(
     ctx: typer.Context,
     count: Annotated[int, typer.Option("-n", "--count", help="How many recent events.")] = 20,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="Only what this agent did, sent or received.")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", "-t", help="Only events about this task (#N, N, id, prefix).")
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", "-k", help="A message kind (query), event type (task.failed) or "
+                     "family (agent)."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """The town's recent events (agents, tasks, messages), oldest first."""
+    """The conversation and what happened, oldest first: messages with their bodies, tasks
+    by #N, agents by name (--json: the full events with their messages and tasks)."""
     if count < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="-n")
 
-    async def go(town: "Town") -> "list[Event]":
-        events = await town.history(count) if count else []
+    async def go(town: "Town") -> "list[HistoryEntry]":
+        conversation = town.conversation
+        flt = await conversation.filter(agent=agent, task=task, kind=kind)
+        entries = await conversation.history(count, flt) if count else []
         if not follow:
-            return events
-        for event in events:
-            _print_event(event, json_out)
-        after = events[-1].id if events else await town.last_event_id()
-        async for event in town.follow(after=after, block_s=FOLLOW_BLOCK_S):
-            _print_event(event, json_out)
+            return entries
+        for entry in entries:
+            _print_entry(entry, json_out)
+        after = entries[-1].id if entries else await town.last_event_id()
+        async for entry in conversation.follow(after, flt, block_s=FOLLOW_BLOCK_S):
+            _print_entry(entry, json_out)
         return []
 
     try:
-        events = run(ctx, go)
+        entries = run(ctx, go)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
     if json_out:
-        print_json({"events": events})
+        print_json({"events": entries})
         return
-    for event in events:
-        _print_event(event, False)
+    for entry in entries:
+        _print_entry(entry, False)
 
 
-def _print_event(event: "Event", json_out: bool) -> None:
+def _print_entry(entry: "HistoryEntry", json_out: bool) -> None:
     if json_out:
-        _json_line(event)
+        _json_line(entry)
         return
-    from tinytown.cli.render import event_line
+    from tinytown.cli.render import history_lines, terminal_width
 
-    sys.stdout.write(event_line(event) + "\n")
+    sys.stdout.write("".join(line + "\n" for line in history_lines(entry, terminal_width())))
     sys.stdout.flush()

@@ -9,7 +9,9 @@ read as rich markup.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from tinytown.cli.app import is_terminal
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from tinytown.conversation import HistoryEntry, TaskThread
     from tinytown.models import Agent, Event, Message, Task
 
 # A cell is its text, or (text, rich style) to colour it on a terminal.
@@ -35,6 +38,8 @@ STATE_STYLES = {
 }  # fmt: skip
 PRIORITY_STYLES = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "dim"}
 DESCRIPTION_WIDTH = 60
+BODY_LINES = 12  # a message body in a conversation view: at most this many folded lines
+STAMP_INDENT = " " * 10  # under "HH:MM:SS  "
 
 
 @dataclass
@@ -246,3 +251,116 @@ def event_line(event: Event) -> str:
 
 def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines() or [""])
+
+
+# --------------------------------------------------------------------- the conversation
+
+
+def terminal_width() -> int:
+    """The terminal's columns (``$COLUMNS``, else 100 when not a terminal)."""
+    return max(40, shutil.get_terminal_size((100, 24)).columns)
+
+
+def fold(head: str, body: str, width: int, *, max_lines: int = BODY_LINES) -> list[str]:
+    """``head`` followed by ``body`` folded to ``width``, continuation lines indented under
+    the time stamp; at most ``max_lines`` lines of body (``--json`` has all of it)."""
+    lines: list[str] = []
+    for paragraph in body.strip().splitlines() or [""]:
+        first = not lines
+        wrapped = textwrap.wrap(
+            paragraph, width=width, initial_indent=head if first else STAMP_INDENT,
+            subsequent_indent=STAMP_INDENT, break_long_words=True, break_on_hyphens=False,
+        ) or [head.rstrip() if first else ""]
+        lines += wrapped
+    if len(lines) > max_lines:
+        hidden = len(lines) - max_lines
+        lines = [*lines[:max_lines], f"{STAMP_INDENT}… {hidden} more lines (--json shows all)"]
+    return lines
+
+
+def _stamp(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+
+
+def _short(value: Any) -> str:
+    """Ids shortened to their first 8 characters in a readable line."""
+    text = str(value)
+    return text[:8] if len(text) == 36 and text.count("-") == 4 else text
+
+
+def message_lines(m: Message, width: int, ref: str = "") -> list[str]:
+    """One message of a conversation: who to whom, its kind, its task, its body folded."""
+    head = f"{_stamp(m.created_at)}  {m.sender} → {m.to}  {m.kind.value}"
+    if ref:
+        head += f" {ref}"
+    if m.reply_to:
+        head += " (reply)"
+    if m.priority.value in ("urgent", "high"):
+        head += f" [{m.priority.value}]"
+    return fold(head + ": ", m.body, width)
+
+
+def history_lines(entry: HistoryEntry, width: int) -> list[str]:
+    """An event as short readable lines: messages with their bodies, tasks by ``#N``,
+    folded to ``width``."""
+    folded: list[str] = []
+    for line in _event_lines(entry, width):
+        if len(line) <= width:
+            folded.append(line)
+        else:
+            folded += textwrap.wrap(line, width=width, subsequent_indent=STAMP_INDENT,
+                                    break_on_hyphens=False) or [line]
+    return folded
+
+
+def _event_lines(entry: HistoryEntry, width: int) -> list[str]:
+    data = entry.data
+    task = entry.task
+    ref = task.ref if task else _short(data["task_id"]) if data.get("task_id") else ""
+    actor = str(data.get("agent") or data.get("by") or "")
+    stamp = _stamp(entry.at) + "  "
+    kind = entry.type
+    if kind == "message.sent":
+        if entry.message is not None:
+            return message_lines(entry.message, width, ref)
+        head = f"{stamp}{data.get('from', '?')} → {data.get('to', '?')}  {data.get('kind', '')}"
+        return [f"{head}{' ' + ref if ref else ''}: (the message is no longer stored)"]
+    if kind == "task.created":
+        what = f": {one_line(task.description)}" if task else ""
+        return [f"{stamp}{actor} created task {ref} [{data.get('priority', 'normal')}]{what}"]
+    if kind == "task.assigned":
+        return [f"{stamp}task {ref} assigned to {actor} (attempt {data.get('attempt', '?')})"]
+    if kind in ("task.started", "task.claimed"):
+        return [f"{stamp}{actor} {kind.removeprefix('task.')} task {ref}"]
+    if kind in ("task.completed", "task.failed", "task.cancelled"):
+        verb = kind.removeprefix("task.")
+        decided = f" (decided by {data['decided_by']})" if data.get("decided_by") else ""
+        text = (task.result if verb == "completed" else task.error) if task else None
+        head = f"{stamp}{actor} {verb} task {ref}{decided}"
+        return fold(head + ": ", text, width) if text else [head]
+    if kind == "task.reclaimed":
+        return [f"{stamp}task {ref} went back to the backlog from {actor}"]
+    if kind in ("agent.registered", "agent.attached"):
+        cli = f" (cli {data['cli']})" if data.get("cli") else ""
+        return [f"{stamp}{actor} {kind.removeprefix('agent.')}{cli}"]
+    if kind.startswith("agent.") and "previous" in data:
+        return [f"{stamp}{actor} is {kind.removeprefix('agent.')} (was {data['previous']})"]
+    rest = "  ".join(f"{k}={_short(v)}" for k, v in data.items() if v is not None and k != "task_id")
+    return [f"{stamp}{kind}{'  ' + ref if ref else ''}  {rest}".rstrip()]
+
+
+def thread_parts(thread: TaskThread, width: int) -> list[Part]:
+    """A task (field by field), its conversation, and how it ended."""
+    task = thread.task
+    parts: list[Part] = task_parts(task)
+    parts.append(f"thread ({len(thread.messages)} messages):" if thread.messages else "thread: no messages")
+    for message in thread.messages:
+        ref = task.ref if message.task_id == task.id else ""
+        parts += message_lines(message, width, ref)
+    if task.state.is_final:
+        when = f" at {clock(task.completed_at)}" if task.completed_at else ""
+        who = f", decided by {task.decided_by.value}" if task.decided_by else ""
+        parts.append(f"ended: {task.state.value}{when}{who}")
+    else:
+        parts.append(f"not ended: {task.state.value}")
+    return parts
