@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import select
 import signal
 import time
@@ -35,6 +36,24 @@ def runner_log_path(paths: TownPaths, agent: str) -> Path:
 
 def round_log_path(paths: TownPaths, agent: str, n: int) -> Path:
     return paths.logs / f"{agent}.round-{n}.log"
+
+
+def round_logs(paths: TownPaths, agent: str) -> dict[int, Path]:
+    """The agent's round logs on disk by round number, oldest first."""
+    found: dict[int, Path] = {}
+    pattern = re.compile(rf"{re.escape(agent)}\.round-(\d+)\.log")
+    for path in paths.logs.glob(f"{agent}.round-*.log") if paths.logs.is_dir() else []:
+        match = pattern.fullmatch(path.name)
+        if match:
+            found[int(match[1])] = path
+    return dict(sorted(found.items()))
+
+
+def next_round_number(paths: TownPaths, agent: str, rounds_completed: int) -> int:
+    """The number of the agent's next round: after every round counted *and* every round
+    log on disk, so a runner restarted after a crash mid-round continues the numbering
+    instead of writing into the crashed round's log."""
+    return max([rounds_completed, *round_logs(paths, agent)]) + 1
 
 
 class RunnerLock:

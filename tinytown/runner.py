@@ -67,7 +67,7 @@ from tinytown.models import (
     normalise_agent_name,
 )
 from tinytown.presets import Preset, RoundInputs, resolve_preset, round_env
-from tinytown.processes import RunnerLock, lock_path, round_log_path
+from tinytown.processes import RunnerLock, lock_path, next_round_number, round_log_path
 from tinytown.prompting import render_followup_prompt, render_round_prompt
 
 if TYPE_CHECKING:
@@ -450,7 +450,7 @@ class Runner:
     async def _round(self, messages: Sequence[Message], tasks: Mapping[str, Task]) -> RoundResult:
         assert self._preset is not None
         agent = await self.town.get_agent(self.name)
-        number = agent.rounds_completed + 1
+        number = next_round_number(self.paths, self.name, agent.rounds_completed)
         task_ids = list(tasks)
         fields: dict[str, Any] = {"state": AgentState.WORKING}
         if task_ids:

@@ -43,6 +43,14 @@ class CliState:
     town: Path | None = None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from tinytown import __version__
+
+        typer.echo(f"tinytown {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -50,6 +58,11 @@ def _global(
         Path | None,
         typer.Option("--town", help="Town directory (default: $TINYTOWN_TOWN, else search upward)."),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the Tinytown version and exit.", is_eager=True,
+                     callback=_print_version),
+    ] = False,
 ) -> None:
     ctx.obj = CliState(town=town)
 

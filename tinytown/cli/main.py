@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from tinytown.cli import commands, lifecycle, mcp_cmd  # noqa: F401  (they register commands on app)
+from tinytown.cli import commands, lifecycle, logs_cmd, mcp_cmd  # noqa: F401  (they register commands on app)
 from tinytown.cli.app import app
 
 

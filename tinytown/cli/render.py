@@ -191,13 +191,15 @@ def agents_table(
 
 def tasks_table(tasks: Sequence[Task]) -> Table:
     """Tasks by short reference (``#N`` and the id's first characters), assignee by name."""
-    table = Table(["task", "id", "state", "priority", "agent", "try", "description"])
+    table = Table(["task", "id", "state", "priority", "agent", "try", "description", "result"],
+                  folding=frozenset({"description", "result"}))
     for task in tasks:
         agent = task.assignee or task.assigned_to or "-"
+        outcome = task.result if task.result is not None else task.error
         table.rows.append([
             task.ref, short_id(task.id), styled(task.state.value, STATE_STYLES),
             styled(task.priority.value, PRIORITY_STYLES), agent or "-", str(task.attempt),
-            one_line(task.description),
+            one_line(task.description, 40), one_line(outcome or "-", 40),
         ])  # fmt: skip
     return table
 
