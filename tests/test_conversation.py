@@ -139,3 +139,24 @@ def test_tt_task_show_prints_the_thread_and_how_the_task_ended(
         task["id"], "fixed: a race in the fixture", "agent")
     assert [m["kind"] for m in data["thread"]] == ["task", "task_done"]
     assert json.dumps(data)  # the record keys stay as `tt task show --json` printed them
+
+
+@pytest.mark.e2e
+def test_tt_tasks_shows_results_and_errors_and_tt_version_prints_the_version(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    from tinytown import __version__
+
+    register(redis_socket, town_name, "alice")
+    alice = {**tt_env, "TINYTOWN_AGENT": "alice"}
+    tt_ok("assign", "alice", "first", env=tt_env)
+    tt_ok("assign", "alice", "second", env=tt_env)
+    tt_ok("task", "done", "#1", "all good", env=alice)
+    tt_ok("task", "fail", "#2", "disk full", env=alice)
+    rows = tt("tasks", env=tt_env).stdout.splitlines()
+    assert rows[0].split()[-1] == "RESULT"
+    assert rows[1].startswith("#2") and rows[1].endswith("disk full"), rows
+    assert rows[2].startswith("#1") and rows[2].endswith("all good"), rows
+
+    version = tt("--version", env=tt_env)
+    assert (version.returncode, version.stdout) == (0, f"tinytown {__version__}\n")
