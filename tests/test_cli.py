@@ -297,5 +297,5 @@ def test_backlog_tasks_are_claimed_oldest_first_and_history_shows_it(
     history = tt("history", "-n", "50", env=tt_env)
     assert history.returncode == 0
     lines = history.stdout.splitlines()
-    assert sum(" task.created " in line for line in lines) == 2
-    assert any(older["id"] in line and "claim" in line for line in lines), history.stdout
+    assert sum("conductor created task #" in line for line in lines) == 2
+    assert any(line.endswith(f"bob claimed task #{older['number']}") for line in lines), history.stdout
