@@ -63,6 +63,26 @@ async def test_a_waiting_receive_reports_progress_when_asked(real_town: Town) ->
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
 
 
+async def test_no_progress_is_reported_once_the_wait_has_reached_its_deadline(real_town: Town) -> None:
+    """A notification sent after the result is decided reaches a client that has already dropped
+    the request's progress token: a receive shorter than one progress interval reports none,
+    and a longer one never reports the deadline itself."""
+    seen: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total))
+
+    async with connect(real_town, "alice") as client:  # progress every 10 s
+        with anyio.fail_after(5):
+            result = await client.call_tool("receive", {"timeout_s": 0.3}, progress_callback=on_progress)
+    assert payload(result)["timed_out"] is True
+    assert seen == []
+    async with connect(real_town, "alice", **FAST_PROGRESS) as client:
+        with anyio.fail_after(5):
+            await client.call_tool("receive", {"timeout_s": 0.5}, progress_callback=on_progress)
+    assert seen and all(p < 0.5 for p, _ in seen)
+
+
 async def test_cancelling_a_waiting_receive_leaves_the_next_message_queued(real_town: Town) -> None:
     async with connect(real_town, "alice", **FAST_PROGRESS) as client:
         waiting = anyio.Event()

@@ -194,7 +194,10 @@ class Channel:
             async with wrap_redis_errors():
                 # BLPOP takes seconds as a float (Redis >= 6); 0 would mean forever.
                 rang = await self.redis.blpop([bell], timeout=max(wait, 0.01))
-            if rang is None and progress is not None:
+            # Progress only while more waiting follows: once the deadline has passed the
+            # result is decided, and a notification racing it is one the client has already
+            # forgotten the token of (Claude Code logs it as an unknown token).
+            if rang is None and progress is not None and time.monotonic() < deadline:
                 await progress(time.monotonic() - started, timeout_s)
 
     async def ack(self, agent_id: str, message_ids: Sequence[str]) -> int:
