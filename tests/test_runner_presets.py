@@ -40,8 +40,8 @@ def test_claude_reads_the_prompt_on_stdin_and_gets_the_mcp_config_file(tmp_path:
     preset = BUILTIN_PRESETS["claude"]
     argv = preset.argv(inputs(tmp_path), SERVER)
     assert argv == [
-        "claude", "-p", "--mcp-config", str(tmp_path / "mcp.json"), "--allowedTools", "mcp__tinytown",
-        "--permission-mode", "acceptEdits", "--output-format", "text",
+        "claude", "-p", "--mcp-config", str(tmp_path / "mcp.json"), "--strict-mcp-config",
+        "--allowedTools", "mcp__tinytown,Bash", "--permission-mode", "acceptEdits", "--output-format", "text",
     ]
     assert preset.stdin("do the thing") == b"do the thing"
 

@@ -9,6 +9,10 @@ works from any directory and any PATH), else ``python -m tinytown_mcp`` with thi
 environment variable: a URL in ``tinytown.toml`` is read by the server itself, and a
 managed Redis needs nothing.  Printed configs mask its password (SPEC 1); the file the
 runner writes keeps it and is readable by its owner only.
+
+Claude Code's entry carries two of its own keys: ``timeout`` (ms, its per-server tool-call
+limit, above the longest ``receive``) and ``alwaysLoad`` (the tools are in the first model
+request, never deferred behind its tool search, and start-up waits for the server).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from typing import Any, Literal
 import tomli_w
 
 from tinytown.config import TownPaths, mask_url
+from tinytown.models import MAX_RECEIVE_TIMEOUT_S
 
 Client = Literal["claude", "codex", "gemini", "cursor", "desktop"]
 CLIENTS: tuple[Client, ...] = ("claude", "codex", "gemini", "cursor", "desktop")
 SERVER_KEY = "tinytown"
 ROUND_ENV = "TINYTOWN_ROUND"
 """The variable that carries a runner round's credential to the round's MCP server."""
+TOOL_TIMEOUT_S = int(MAX_RECEIVE_TIMEOUT_S) + 60
+"""The tool-call timeout client configs set: a receive may wait MAX_RECEIVE_TIMEOUT_S."""
 
 # Gemini CLI settings of the tinytown server.  ``trust`` lets its tools run without a prompt
 # (headless Gemini denies every tool that would ask, so without it the agent gets no
@@ -37,7 +44,9 @@ GEMINI_SERVER_SETTINGS: dict[str, bool | int] = {"trust": True, "timeout": 360_0
 
 # Where each client reads the snippet from (shown by `tt mcp config`).
 WHERE: dict[Client, str] = {
-    "claude": ".mcp.json in the project root (Claude Code), or: claude mcp add-json tinytown '<the entry>'",
+    "claude": (".mcp.json in the project root (Claude Code asks once to approve it in an interactive "
+               "session; headless: MCP_CONNECTION_NONBLOCKING=0 MCP_CONNECT_TIMEOUT_MS=60000 claude -p ... "
+               "--allowedTools mcp__tinytown)"),
     "codex": "~/.codex/config.toml (Codex CLI)",
     "gemini": ("the mcpServers of .gemini/settings.json in the project, or of ~/.gemini/settings.json "
                "(Gemini CLI)"),
@@ -87,6 +96,8 @@ def client_config(root: Path, agent: str, client: Client = "claude", *, reveal_s
     if client == "gemini":
         return json.dumps({"mcpServers": {SERVER_KEY: gemini_server_entry(entry, agent, follow_env=True)}},
                           indent=2) + "\n"
+    if client == "claude":
+        entry = {**entry, "timeout": TOOL_TIMEOUT_S * 1000, "alwaysLoad": True}
     if client in ("claude", "cursor", "desktop"):
         return json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"
     raise ValueError(f"unknown MCP client {client!r}; choose one of {', '.join(CLIENTS)}")

@@ -28,6 +28,8 @@ CONDUCTOR = "conductor"
 BROADCAST = "all"
 RESERVED_NAMES = frozenset({CONDUCTOR, "supervisor", BROADCAST})
 NAME_ALIASES = {"supervisor": CONDUCTOR}
+MAX_RECEIVE_TIMEOUT_S = 300.0
+"""The longest a receive may wait; MCP client configs set their tool timeouts above it."""
 
 
 def now_ms() -> int:

@@ -17,9 +17,13 @@ appends it as the last argument unless an element already says ``{prompt}``.
 
 Built-ins (checked against each tool's non-interactive mode):
 
-* ``claude``  ``claude -p --mcp-config F --allowedTools mcp__tinytown --permission-mode
-  acceptEdits --output-format text`` with the prompt on stdin (``--mcp-config`` takes several
-  values, so the prompt must not follow it as an argument).
+* ``claude``  ``claude -p --mcp-config F --strict-mcp-config --allowedTools mcp__tinytown,Bash
+  --permission-mode acceptEdits --output-format text`` with the prompt on stdin
+  (``--mcp-config`` takes several values, so the prompt must not follow it as an argument).
+  Only the agent's own server (``--strict-mcp-config``: a project ``.mcp.json`` of the
+  town, e.g. the conductor's, is not loaded); its tools, shell commands and file edits run
+  without prompts (headless Claude Code denies whatever would prompt; it refuses
+  ``bypassPermissions`` as root).  Environment: :data:`CLAUDE_CODE_ENV`.
 * ``codex``   ``codex exec --full-auto -c mcp_servers.tinytown.command=… -c
   mcp_servers.tinytown.args=[…] -c mcp_servers.tinytown.env={…} -``: Codex has no
   ``--mcp-config``; it reads MCP servers from ``config.toml``, and ``-c key=value`` (values in
@@ -64,7 +68,7 @@ from typing import Any, Literal
 
 from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Invalid
-from tinytown.mcp_config import ROUND_ENV
+from tinytown.mcp_config import ROUND_ENV, TOOL_TIMEOUT_S
 
 log = logging.getLogger("tinytown.presets")
 
@@ -72,6 +76,18 @@ PromptMode = Literal["stdin", "arg"]
 
 CODEX_MCP_PLACEHOLDER = "{codex_mcp_overrides}"
 GEMINI_HOME_PLACEHOLDER = "{gemini_home}"
+
+CLAUDE_CODE_ENV = {
+    # Headless Claude Code connects MCP servers in the background: without these the first
+    # model turn may start before tinytown-mcp is up (it waits at most 5 s by default, and a
+    # Python server on a busy machine can take longer).
+    "MCP_CONNECTION_NONBLOCKING": "0",
+    "MCP_CONNECT_TIMEOUT_MS": "60000",
+    # A tool call may last longer than the longest receive.
+    "MCP_TOOL_TIMEOUT": str(TOOL_TIMEOUT_S * 1000),
+}
+"""The environment the ``claude`` preset adds to a round (also what the README tells a
+headless attached session to set)."""
 SCRIPTED = "scripted"
 GEMINI_PROMPT = "Your instructions are above (from standard input): follow them."
 
@@ -273,9 +289,11 @@ def codex_mcp_overrides(server: Mapping[str, object]) -> list[str]:
 BUILTIN_PRESETS: dict[str, Preset] = {
     "claude": Preset(
         "claude",
-        ("claude", "-p", "--mcp-config", "{mcp_config}", "--allowedTools", "mcp__tinytown",
-         "--permission-mode", "acceptEdits", "--output-format", "text"),
+        ("claude", "-p", "--mcp-config", "{mcp_config}", "--strict-mcp-config",
+         "--allowedTools", "mcp__tinytown,Bash", "--permission-mode", "acceptEdits",
+         "--output-format", "text"),
         prompt="stdin",
+        env=CLAUDE_CODE_ENV,
         install_hint="npm install -g @anthropic-ai/claude-code",
     ),
     "codex": Preset(

@@ -31,6 +31,7 @@ from tinytown.models import (
     AGENT_NAME_RE,
     BROADCAST,
     CONDUCTOR,
+    MAX_RECEIVE_TIMEOUT_S,
     RESERVED_NAMES,
     Agent,
     AgentState,
@@ -49,7 +50,6 @@ from tinytown.tasks import TaskOps, check_size, parse_enum
 
 T = TypeVar("T")
 
-MAX_RECEIVE_TIMEOUT_S = 300.0
 MAX_BATCH = 100
 RETRIES = 8
 

@@ -14,8 +14,9 @@ from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from tinytown.errors import NotFound
+from tinytown.models import MAX_RECEIVE_TIMEOUT_S
 from tinytown.tasks import MAX_PAGE, MAX_TAG_LEN, MAX_TAGS
-from tinytown.town import MAX_BATCH, MAX_RECEIVE_TIMEOUT_S
+from tinytown.town import MAX_BATCH
 from tinytown_mcp.adapter import Session, ToolContext, answer
 
 AgentStateName = Literal["starting", "idle", "working", "paused", "stopped", "error"]
