@@ -7,6 +7,7 @@ tools offered and the results so far and answers the next tool call, or a final 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from fake_models.server import Step, ToolCall, Turn
@@ -49,15 +50,28 @@ def attached_session(receive_timeout_s: int = 60) -> Any:
     return script
 
 
-def report_round_task(result: str = "reported by the scripted model") -> Any:
-    """A spawned agent's round: task_done for the task id named in the round prompt."""
+def report_round_task(result: str = "reported by the scripted model", first: Sequence[ToolCall] = ()) -> Any:
+    """A spawned agent's round: the ``first`` tool calls in order, then task_done for the task
+    id named in the round prompt, its result followed by each earlier call's result text.
+
+    A call in ``first`` named by a bare tinytown tool name (``whoami``) goes to that tool
+    as the CLI offers it; any other name (the CLI's own shell tool, e.g. ``Bash``) is called
+    as is.
+    """
 
     def script(turn: Turn) -> Step:
         match = TASK_ID.search(turn.prompt)
         if match is None:
             return "the prompt names no task"
+        done = len(turn.results)
+        if done < len(first):
+            call = first[done]
+            if turn.tool(call.name) is not None:
+                return _call(turn, call.name, call.arguments)
+            return ToolCall(call.name, call.arguments)
         if not turn.results_of("task_done"):
-            return _call(turn, "task_done", {"task_id": match.group(1), "result": result})
+            report = "\n".join([result, *(r.text for r in turn.results[: len(first)])])
+            return _call(turn, "task_done", {"task_id": match.group(1), "result": report})
         return "Reported."
 
     return script
@@ -87,5 +101,16 @@ def answer(text: str) -> Any:
 
     def script(turn: Turn) -> Step:
         return text
+
+    return script
+
+
+def receive_once(timeout_s: float, then: str = "Received.") -> Any:
+    """An attached agent that makes one ``receive`` call of ``timeout_s`` and stops."""
+
+    def script(turn: Turn) -> Step:
+        if not turn.results_of("receive"):
+            return _call(turn, "receive", {"timeout_s": timeout_s, "max_messages": 10})
+        return then
 
     return script
