@@ -52,7 +52,7 @@ def claude_env(
     tt_env: dict[str, str], cli: InstalledCli, model: FakeModelServer, home: Path
 ) -> dict[str, str]:
     """The town's environment for Claude Code: offline, quiet, talking to the scripted model,
-    with ``claude`` and this installation's ``tt`` on PATH."""
+    with ``claude`` and this installation's ``tt`` on PATH, its debug log in ``home``."""
     env = {k: v for k, v in tt_env.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "MCP_"))}
     env.update(
         HOME=str(home),
@@ -63,6 +63,9 @@ def claude_env(
         DISABLE_ERROR_REPORTING="1",
         DISABLE_AUTOUPDATER="1",
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        # the debug log of a spawned agent's rounds (for the others, --debug-file): a file path
+        DEBUG="1",
+        CLAUDE_CODE_DEBUG_LOGS_DIR=str(home / "claude-debug.log"),
     )
     return env
 
@@ -267,9 +270,11 @@ def settled(env: dict[str, str], task_id: str, timeout_s: float = CLI_TIMEOUT_S)
     return result
 
 
-def round_log(town: Path, agent: str) -> str:
+def round_log(town: Path, agent: str, home: Path) -> str:
+    """The rounds' output and Claude Code's MCP debug lines, for an assertion's message."""
     logs = sorted((town / ".tt" / "logs").glob(f"{agent}.round-*.log"))
-    return "\n".join(p.read_text(errors="replace") for p in logs)
+    debug = [line for line in _read(home / "claude-debug.log").splitlines() if "MCP" in line]
+    return "\n".join([*(p.read_text(errors="replace") for p in logs), *debug[-40:]])
 
 
 def test_a_spawned_claude_agent_runs_shell_tools_and_reports_its_own_task(
@@ -283,18 +288,18 @@ def test_a_spawned_claude_agent_runs_shell_tools_and_reports_its_own_task(
         tt("spawn", "alice", "--cli", "claude", "--max-rounds", "1", env=env)
         task = tt_json("assign", "alice", "Initialise the repository", env=tt_env)
         shown = settled(tt_env, task["id"])
-        log = round_log(town, "alice")
+        log = round_log(town, "alice", home)
     assert shown["state"] == "completed", log
     result = shown["result"]
-    assert result.startswith("reported by the agent\n"), result  # the agent's own report, not the output tail
+    assert result.startswith("reported by the agent\n"), log  # the agent's own report, not the output tail
     assert "git version" in result and "42" in result, result  # Bash ran without a prompt
-    if "decided_by" in shown:
-        assert shown["decided_by"] == "agent"
+    assert shown["decided_by"] == "agent"
     assert (town / ".git").is_dir()
     first = conversation_requests(model)[0]
     assert TINYTOWN_TOOLS <= {t["name"] for t in first["tools"]}
     assert f"task id: {task['id']}" in json.dumps(first["messages"])
     assert model.errors == []
+    assert_no_protocol_complaints(home / "claude-debug.log")
 
 
 def test_a_spawned_agent_is_itself_everywhere_despite_the_towns_shared_claude_settings(
@@ -311,17 +316,25 @@ def test_a_spawned_agent_is_itself_everywhere_despite_the_towns_shared_claude_se
         ToolCall("whoami"),
         ToolCall("Bash", {"command": "echo agent=$TINYTOWN_AGENT; tt prime", "description": "Who am I"}),
         ToolCall("send_message", {"to": "conductor", "body": "hello from dana's round"}),
+        ToolCall("receive", {"timeout_s": 0}),
     ]
     with anthropic_server(report_round_task("identity checked", first=first)) as model, spawned_town(tt_env):
         env = claude_env(tt_env, claude, model, home)
         tt("spawn", "dana", "--cli", "claude", "--max-rounds", "1", env=env)
         task = tt_json("assign", "dana", "Say who you are", env=tt_env)
         shown = settled(tt_env, task["id"])
-        log = round_log(town, "dana")
+        log = round_log(town, "dana", home)
     assert shown["state"] == "completed", log
+    assert_no_protocol_complaints(home / "claude-debug.log")
     [me] = results_of(model, "whoami")
     assert me["agent"]["name"] == "dana"
     assert me["current_task"]["id"] == task["id"]
+    # the round's session works on the runner's round: its task is neither pending nor handed
+    # to it again (the session model of issue 7)
+    assert me["in_round"] is True and me["inbox"]["pending"] == 0
+    [again] = results_of(model, "receive")
+    assert [m["task_id"] for m in again["messages"]] == []
+    assert shown["decided_by"] == "agent"
     shell = shown["result"].split("\n", 2)[2]
     assert "agent=dana" in shell and "you are dana in town" in shell, shell
     [sent] = results_of(model, "send_message")

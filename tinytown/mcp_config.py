@@ -81,6 +81,11 @@ def server_entry(root: Path, agent: str, *, reveal_secrets: bool = False) -> dic
     }
 
 
+def with_claude_code_keys(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` plus Claude Code's ``timeout`` (ms) and ``alwaysLoad`` (see module doc)."""
+    return {**entry, "timeout": TOOL_TIMEOUT_S * 1000, "alwaysLoad": True}
+
+
 def client_config(root: Path, agent: str, client: Client = "claude", *, reveal_secrets: bool = False) -> str:
     """The text to paste into ``client``'s MCP configuration (see :data:`WHERE`).
 
@@ -97,7 +102,7 @@ def client_config(root: Path, agent: str, client: Client = "claude", *, reveal_s
         return json.dumps({"mcpServers": {SERVER_KEY: gemini_server_entry(entry, agent, follow_env=True)}},
                           indent=2) + "\n"
     if client == "claude":
-        entry = {**entry, "timeout": TOOL_TIMEOUT_S * 1000, "alwaysLoad": True}
+        entry = with_claude_code_keys(entry)
     if client in ("claude", "cursor", "desktop"):
         return json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"
     raise ValueError(f"unknown MCP client {client!r}; choose one of {', '.join(CLIENTS)}")
@@ -146,7 +151,8 @@ def write_agent_mcp_config(paths: TownPaths, agent: str, *, round_credential: st
     entry = server_entry(paths.root, agent, reveal_secrets=True)
     if round_credential is not None:
         entry["env"][ROUND_ENV] = round_credential
-    text = json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"
+    # the claude preset reads this file with --mcp-config; the others take command, args, env
+    text = json.dumps({"mcpServers": {SERVER_KEY: with_claude_code_keys(entry)}}, indent=2) + "\n"
     tmp = path.with_suffix(".json.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
