@@ -38,6 +38,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True)
+def private_config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own user config directory (where `tt trust` records trusted
+    files), also for the processes it starts: tests never write the real user's."""
+    home = tmp_path_factory.mktemp("xdg-config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
+
+
 def start_redis_server(directory: Path, binary: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start a private server (by default the embedded Valkey) on a unix socket in
     ``directory``; wait until it answers."""

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import anyio
 
+from tinytown.config import TownPaths
 from tinytown.models import Event, Task
 from tinytown.processes import lock_holder, signal_process, wait_exit
 from tinytown.town import Town
+from tinytown.trust import trust_town
 
 PY = sys.executable
 
@@ -75,6 +77,7 @@ def write_presets(root: Path, extra: str = "") -> None:
         lines.append(f"[agent_clis.{name}]\ncommand = {_toml_list(command)}\n{reports}")
     lines.append('[agent_clis.callback.env]\nTINYTOWN_SCRIPTED_PEERS = ""\n')
     (root / "tinytown.toml").write_text("\n".join(lines) + extra)
+    trust_town(TownPaths(root))  # in the test's private XDG_CONFIG_HOME (conftest)
 
 
 @asynccontextmanager

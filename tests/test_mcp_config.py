@@ -37,13 +37,15 @@ def test_json_clients_get_an_mcp_servers_entry(
     assert entry["env"] == {}
 
 
-def test_codex_gets_a_toml_table_and_a_masked_redis_url(
+def test_codex_gets_a_toml_table_that_passes_redis_url_through_without_its_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2@db:6379/0")
-    table = tomllib.loads(client_config(tmp_path, "bob", "codex"))["mcp_servers"]["tinytown"]
+    text = client_config(tmp_path, "bob", "codex")
+    table = tomllib.loads(text)["mcp_servers"]["tinytown"]
     assert table["args"][-2:] == ["--agent", "bob"]
-    assert table["env"] == {"REDIS_URL": "redis://:****@db:6379/0"}
+    assert table["env_vars"] == ["REDIS_URL"] and "env" not in table
+    assert "hunter2" not in text
 
 
 def test_gemini_gets_a_trusted_entry_with_a_long_timeout_that_yields_to_a_runners_agent(

@@ -13,13 +13,16 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from tinytown.errors import Conflict, Invalid, NotFound
-from tinytown.models import TOWN_NAME_RE
+from tinytown.masking import mask_url, remember_url, scrub, strip_password
+from tinytown.models import AGENT_NAME_RULE, PRESET_NAME_RE, TOWN_NAME_RE
+from tinytown.private import private_dir
+from tinytown.trust import digest_of
 
 CONFIG_FILE = "tinytown.toml"
 RUNTIME_DIR = ".tt"
@@ -38,10 +41,38 @@ class RedisSettings(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _known_scheme(cls, url: str | None) -> str | None:
-        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    def _usable_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            check_redis_url(url)
         return url
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a URL redis-py would choke on later (a port out of range, an unknown query
+    parameter, a unix URL without a path), with a message that never holds its password.
+
+    Raises:
+        ValueError: what is wrong.
+    """
+    import redis
+
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    try:
+        pool = redis.ConnectionPool.from_url(url)
+        pool.make_connection()  # builds the connection object only: no I/O
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+        if "unexpected keyword argument" in text:
+            name = text.rsplit(" ", 1)[-1].strip("'")
+            text = f"unknown query parameter {name!r}"
+        raise ValueError(f"{mask_url(url)} is not a usable Redis URL: {scrub(text)}") from None
+    if scheme == "unix" and not pool.connection_kwargs.get("path"):
+        raise ValueError(f"{mask_url(url)} names no socket path (unix:///path/to/redis.sock)")
 
 
 class Limits(_Strict):
@@ -78,6 +109,24 @@ class TownConfig(_Strict):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     limits: Limits = Field(default_factory=Limits)
     agent_clis: dict[str, AgentCliSettings] = Field(default_factory=dict)
+    # The file this config was read from and the digest of its bytes (for `tt trust`).
+    _source: tuple[Path, str] | None = PrivateAttr(default=None)
+
+    def mark_source(self, file: Path, digest: str) -> None:
+        self._source = (file, digest)
+
+    @property
+    def source(self) -> tuple[Path, str] | None:
+        """``(tinytown.toml path, "sha256:<hex>")`` when read from a file, else ``None``."""
+        return self._source
+
+    @field_validator("agent_clis")
+    @classmethod
+    def _valid_preset_names(cls, presets: dict[str, AgentCliSettings]) -> dict[str, AgentCliSettings]:
+        for name in presets:
+            if not PRESET_NAME_RE.match(name):
+                raise ValueError(f"preset name {name!r} is not allowed: use {AGENT_NAME_RULE}")
+        return presets
 
     @field_validator("name")
     @classmethod
@@ -96,12 +145,13 @@ class TownConfig(_Strict):
 
 def _describe(error: ValidationError) -> str:
     parts = []
-    for item in error.errors():
+    for item in error.errors(include_input=False):
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown key '{where}'")
         else:
-            parts.append(f"'{where}': {item['msg']}")
+            message = str(item["msg"]).removeprefix("Value error, ")
+            parts.append(f"'{where}': {scrub(message)}")
     return "; ".join(parts)
 
 
@@ -154,23 +204,45 @@ def load_config(paths: TownPaths) -> TownConfig:
         NotFound: the file is missing.
         Invalid: it is not TOML or a key is wrong.
     """
-    try:
-        raw = paths.config.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NotFound(f"no {CONFIG_FILE} in {paths.root}; run `tt init` there") from None
-    try:
-        data = tomllib.loads(raw)
-    except tomllib.TOMLDecodeError as exc:
-        raise Invalid(f"{paths.config}: not valid TOML ({exc})") from None
+    data, digest = read_config_file(paths)
+    remember_url(_raw_url(data))
     config = parse_config(data, str(paths.config))
     env_url = os.environ.get("REDIS_URL")
     if env_url:
+        remember_url(env_url)
         try:
             redis = RedisSettings(url=env_url, durability=config.redis.durability)
         except ValidationError as exc:
-            raise Invalid(f"REDIS_URL: {_describe(exc)}") from None
+            problems = "; ".join(
+                scrub(str(e["msg"]).removeprefix("Value error, ")) for e in exc.errors(include_input=False)
+            )
+            raise Invalid(f"REDIS_URL: {problems}") from None
         config = config.model_copy(update={"redis": redis})
+    config.mark_source(paths.config, digest)
     return config
+
+
+def read_config_file(paths: TownPaths) -> tuple[dict[str, Any], str]:
+    """The parsed TOML of ``tinytown.toml`` and the digest of its exact bytes.
+
+    Raises:
+        NotFound: the file is missing.
+        Invalid: it is not UTF-8 TOML.
+    """
+    try:
+        raw = paths.config.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"no {CONFIG_FILE} in {paths.root}; run `tt init` there") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8")), digest_of(raw)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise Invalid(f"{paths.config}: not valid TOML ({exc})") from None
+
+
+def _raw_url(data: dict[str, Any]) -> str | None:
+    redis = data.get("redis")
+    url = redis.get("url") if isinstance(redis, dict) else None
+    return url if isinstance(url, str) else None
 
 
 def find_town_root(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Path:
@@ -197,9 +269,17 @@ def find_town_root(explicit: str | os.PathLike[str] | None = None, cwd: Path | N
 
 
 def init_town(
-    root: Path, *, name: str | None = None, redis_url: str | None = None, force: bool = False
+    root: Path,
+    *,
+    name: str | None = None,
+    redis_url: str | None = None,
+    force: bool = False,
+    store_password: bool = False,
 ) -> TownConfig:
     """Create ``tinytown.toml`` and ``.tt/`` in ``root`` and git-ignore ``.tt/``.
+
+    ``tinytown.toml`` is meant to be committed: a password in ``redis_url`` is left out of it
+    (the user puts the full URL in ``REDIS_URL``) unless ``store_password``.
 
     Raises:
         Conflict: a town exists there already and ``force`` is false.
@@ -210,12 +290,14 @@ def init_town(
         raise Conflict(f"{paths.config} exists already; pass --force to overwrite it")
     data: dict[str, Any] = {"name": name or default_town_name(paths.root)}
     if redis_url:
-        data["redis"] = {"url": redis_url}
+        remember_url(redis_url)
+        parse_config({**data, "redis": {"url": redis_url}}, "tt init --redis-url")
+        data["redis"] = {"url": redis_url if store_password else strip_password(redis_url)}
     config = parse_config(data, "tt init")
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(render_config(config), encoding="utf-8")
-    paths.runtime.mkdir(exist_ok=True)
-    paths.logs.mkdir(exist_ok=True)
+    private_dir(paths.runtime)
+    private_dir(paths.logs)
     _gitignore_runtime(paths.root)
     return config
 
@@ -237,20 +319,3 @@ def _gitignore_runtime(root: Path) -> None:
     if text and not text.endswith("\n"):
         text += "\n"
     ignore.write_text(text + ".tt/\n", encoding="utf-8")
-
-
-def mask_url(url: str | None) -> str | None:
-    """``redis://user:secret@host:6379/0`` → ``redis://user:****@host:6379/0``."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal keeps its brackets
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:****@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import anyio
 from redis.asyncio import Redis
 
-from tinytown.config import TownConfig, TownPaths, mask_url
+from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Unavailable, wrap_redis_errors
+from tinytown.masking import mask_url
 from tinytown.redis_server import ManagedRedis
 
 # Blocking receives wait up to 300 s in slices of 10 s; redis-py 8 would cut any command

@@ -4,6 +4,9 @@ All keys start with ``tt:{<town>}:``.  The braces are a Redis Cluster hash tag: 
 keys share one slot, so the multi-key Lua scripts work on Cluster as on a single server,
 and several towns can share one Redis without seeing each other.
 
+Every name or id is checked before it becomes part of a key (:func:`checked_id`): a task id
+such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
+
     tt:{town}:seq                     counter: creation order of agents, tasks, messages
     tt:{town}:agents                  zset   agent id -> seq          (every agent)
     tt:{town}:agent_names             hash   lower-case name -> agent id
@@ -29,16 +32,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinytown.models import PRIORITY_ORDER, Priority, TaskState
+from tinytown.errors import Invalid
+from tinytown.models import PRIORITY_ORDER, TOWN_NAME_RE, Priority, TaskState, valid_id
 
 
 def town_prefix(town: str) -> str:
+    if not TOWN_NAME_RE.match(town):
+        raise Invalid(f"town name {town!r} is not allowed")
     return f"tt:{{{town}}}:"
+
+
+def checked_id(value: str, what: str = "id") -> str:
+    """``value`` if it has the shape of an id, else :class:`Invalid` (no key syntax in keys)."""
+    if not valid_id(value):
+        raise Invalid(f"{what} {value!r} is not a valid id (letters, digits, '_', '-' and '.' only)")
+    return value
 
 
 @dataclass(frozen=True)
 class Keys:
     town: str
+
+    def __post_init__(self) -> None:
+        town_prefix(self.town)
 
     @property
     def prefix(self) -> str:
@@ -62,17 +78,17 @@ class Keys:
         return self.prefix + "agent_names"
 
     def agent(self, agent_id: str) -> str:
-        return f"{self.prefix}agent:{agent_id}"
+        return f"{self.prefix}agent:{checked_id(agent_id, 'agent id')}"
 
     def inbox(self, agent_id: str, priority: Priority | str) -> str:
-        return f"{self.prefix}inbox:{agent_id}:{Priority(priority).value}"
+        return f"{self.prefix}inbox:{checked_id(agent_id, 'agent id')}:{Priority(priority).value}"
 
     def inboxes(self, agent_id: str) -> list[str]:
         """The four inbox lists of an agent, highest priority first."""
         return [self.inbox(agent_id, p) for p in PRIORITY_ORDER]
 
     def bell(self, agent_id: str) -> str:
-        return f"{self.prefix}bell:{agent_id}"
+        return f"{self.prefix}bell:{checked_id(agent_id, 'agent id')}"
 
     def round(self, agent_id: str) -> str:
         """The credential an MCP session started inside the runner's current round presents
@@ -80,17 +96,17 @@ class Keys:
         return f"{self.prefix}round:{agent_id}"
 
     def inflight(self, agent_id: str) -> str:
-        return f"{self.prefix}inflight:{agent_id}"
+        return f"{self.prefix}inflight:{checked_id(agent_id, 'agent id')}"
 
     @property
     def inflight_due(self) -> str:
         return self.prefix + "inflight_due"
 
     def message(self, message_id: str) -> str:
-        return f"{self.prefix}msg:{message_id}"
+        return f"{self.prefix}msg:{checked_id(message_id, 'message id')}"
 
     def task(self, task_id: str) -> str:
-        return f"{self.prefix}task:{task_id}"
+        return f"{self.prefix}task:{checked_id(task_id, 'task id')}"
 
     @property
     def task_number(self) -> str:
@@ -117,7 +133,7 @@ class Keys:
         return self.tasks_in_state(TaskState.PENDING)
 
     def tasks_of_agent(self, agent_id: str) -> str:
-        return f"{self.prefix}tasks:agent:{agent_id}"
+        return f"{self.prefix}tasks:agent:{checked_id(agent_id, 'agent id')}"
 
     @property
     def events(self) -> str:

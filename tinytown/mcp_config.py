@@ -7,8 +7,17 @@ works from any directory and any PATH), else ``python -m tinytown_mcp`` with thi
 
 ``REDIS_URL`` goes into the config's ``env`` only when the town's Redis comes from that
 environment variable: a URL in ``tinytown.toml`` is read by the server itself, and a
-managed Redis needs nothing.  Printed configs mask its password (SPEC 1); the file the
-runner writes keeps it and is readable by its owner only.
+managed Redis needs nothing.  A URL without a password is written as it is.  A password is
+never written, neither in printed configs nor in the file the runner generates: the config
+*refers* to the variable, and the server gets it from the environment its client was started
+in (the runner's, which holds ``REDIS_URL``):
+
+    claude (.mcp.json)  "env": {"REDIS_URL": "${REDIS_URL}"}   Claude Code expands it (so does
+                                                               Gemini CLI, and our scripted agent)
+    cursor              "env": {"REDIS_URL": "${env:REDIS_URL}"}
+    codex               env_vars = ["REDIS_URL"]               Codex passes that variable through
+    desktop             the URL with ``****``: a GUI app has no shell environment; the user
+                        pastes the password in
 
 Claude Code's entry carries two of its own keys: ``timeout`` (ms, its per-server tool-call
 limit, above the longest ``receive``) and ``alwaysLoad`` (the tools are in the first model
@@ -19,14 +28,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
 
-from tinytown.config import TownPaths, mask_url
+from tinytown.config import TownPaths
+from tinytown.masking import mask_url
 from tinytown.models import MAX_RECEIVE_TIMEOUT_S
+from tinytown.private import write_private
+from tinytown.processes import mcp_config_path
 
 Client = Literal["claude", "codex", "gemini", "cursor", "desktop"]
 CLIENTS: tuple[Client, ...] = ("claude", "codex", "gemini", "cursor", "desktop")
@@ -63,21 +76,43 @@ def server_command() -> list[str]:
     return [sys.executable, "-m", "tinytown_mcp"]
 
 
-def server_env(*, reveal_secrets: bool) -> dict[str, str]:
-    """The environment the server needs beyond its arguments (see module doc)."""
-    url = os.environ.get("REDIS_URL")
+REDIS_URL = "REDIS_URL"
+_REFERENCE = re.compile(r"^\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def env_reference(value: str) -> str | None:
+    """The variable an env value refers to (``${NAME}`` or ``${env:NAME}``), else ``None``."""
+    found = _REFERENCE.match(value)
+    return found.group(1) if found else None
+
+
+def redis_url_has_secret() -> bool:
+    """Whether ``REDIS_URL`` holds a password (then configs refer to it instead)."""
+    url = os.environ.get(REDIS_URL)
+    return bool(url) and mask_url(url) != url
+
+
+def server_env(client: Client = "claude") -> dict[str, str]:
+    """The environment the server needs beyond its arguments (see module doc); never a password."""
+    url = os.environ.get(REDIS_URL)
     if not url:
         return {}
-    return {"REDIS_URL": url if reveal_secrets else (mask_url(url) or url)}
+    if not redis_url_has_secret():
+        return {REDIS_URL: url}
+    if client == "cursor":
+        return {REDIS_URL: "${env:REDIS_URL}"}
+    if client == "desktop":
+        return {REDIS_URL: mask_url(url) or ""}
+    return {REDIS_URL: "${REDIS_URL}"}
 
 
-def server_entry(root: Path, agent: str, *, reveal_secrets: bool = False) -> dict[str, Any]:
+def server_entry(root: Path, agent: str, client: Client = "claude") -> dict[str, Any]:
     """``{"command": ..., "args": [...], "env": {...}}`` for one agent of the town at ``root``."""
     command, *prefix = server_command()
     return {
         "command": command,
         "args": [*prefix, "--town", str(Path(root).resolve()), "--agent", agent],
-        "env": server_env(reveal_secrets=reveal_secrets),
+        "env": server_env(client),
     }
 
 
@@ -86,17 +121,21 @@ def with_claude_code_keys(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "timeout": TOOL_TIMEOUT_S * 1000, "alwaysLoad": True}
 
 
-def client_config(root: Path, agent: str, client: Client = "claude", *, reveal_secrets: bool = False) -> str:
+def client_config(root: Path, agent: str, client: Client = "claude") -> str:
     """The text to paste into ``client``'s MCP configuration (see :data:`WHERE`).
 
     Raises:
         ValueError: an unknown client.
     """
-    entry = server_entry(root, agent, reveal_secrets=reveal_secrets)
+    entry = server_entry(root, agent, client)
     if client == "codex":
         table: dict[str, Any] = {"command": entry["command"], "args": entry["args"]}
-        if entry["env"]:
-            table["env"] = entry["env"]
+        env = {k: v for k, v in entry["env"].items() if env_reference(v) is None}
+        passed = sorted(name for v in entry["env"].values() if (name := env_reference(v)))
+        if env:
+            table["env"] = env
+        if passed:
+            table["env_vars"] = passed
         return tomli_w.dumps({"mcp_servers": {SERVER_KEY: table}})
     if client == "gemini":
         return json.dumps({"mcpServers": {SERVER_KEY: gemini_server_entry(entry, agent, follow_env=True)}},
@@ -130,10 +169,14 @@ def gemini_server_entry(entry: dict[str, Any], agent: str, *, follow_env: bool) 
     return out
 
 
-def secrets_masked(reveal_secrets: bool = False) -> bool:
-    """Whether a printed config had to mask a password (the user must put it back)."""
-    url = os.environ.get("REDIS_URL")
-    return bool(url) and not reveal_secrets and mask_url(url) != url
+def secrets_note(client: Client) -> str | None:
+    """What the user must know when ``REDIS_URL`` holds a password the config leaves out."""
+    if not redis_url_has_secret():
+        return None
+    if client == "desktop":
+        return "the Redis password is masked above; replace **** with it (REDIS_URL has it)"
+    return ("the config refers to REDIS_URL instead of holding its password: start the client "
+            "with REDIS_URL set")
 
 
 def write_agent_mcp_config(paths: TownPaths, agent: str, *, round_credential: str | None = None) -> Path:
@@ -142,20 +185,15 @@ def write_agent_mcp_config(paths: TownPaths, agent: str, *, round_credential: st
     The runner points ``TINYTOWN_MCP_CONFIG`` at it; presets that take a config file get
     it on their command line (e.g. ``claude --mcp-config``).  ``round_credential`` goes into
     the server's ``env`` as :data:`ROUND_ENV`: the server then joins the runner's session
-    for that round instead of taking the mailbox over.  Mode 0600: it may hold the Redis
-    password and the round credential.
+    for that round instead of taking the mailbox over.  It holds no Redis password (a
+    ``${REDIS_URL}`` reference instead, see the module doc); mode 0600, as the round
+    credential is in it.
     """
-    directory = paths.mcp_configs
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{agent}.json"
-    entry = server_entry(paths.root, agent, reveal_secrets=True)
+    path = mcp_config_path(paths, agent)
+    entry = server_entry(paths.root, agent, "claude")
     if round_credential is not None:
         entry["env"][ROUND_ENV] = round_credential
     # the claude preset reads this file with --mcp-config; the others take command, args, env
     text = json.dumps({"mcpServers": {SERVER_KEY: with_claude_code_keys(entry)}}, indent=2) + "\n"
-    tmp = path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_private(path, text)
     return path

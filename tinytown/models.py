@@ -23,6 +23,11 @@ from pydantic import (
 
 AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 TOWN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+PRESET_NAME_RE = AGENT_NAME_RE
+# Ids of agents, tasks, messages and sessions (uuids, hex): they become parts of Redis keys.
+# A broadcast copy's id is "<uuid>.<agent name>".
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+AGENT_NAME_RULE = "1-32 characters a-z, 0-9, '_' or '-', starting with a letter"
 
 CONDUCTOR = "conductor"
 BROADCAST = "all"
@@ -294,3 +299,14 @@ def normalise_agent_name(name: str) -> str:
     """Lower-case a name and resolve the ``supervisor`` alias."""
     lowered = name.strip().lower()
     return NAME_ALIASES.get(lowered, lowered)
+
+
+def valid_agent_name(name: str) -> bool:
+    """Whether ``name`` (normalised) may name an agent's files and keys (the conductor may)."""
+    return bool(AGENT_NAME_RE.match(name))
+
+
+def valid_id(value: str) -> bool:
+    """Whether ``value`` has the shape of an id (letters, digits, '_', '-', '.'; no path or
+    key syntax such as '/', '..', ':', '{', '*', whitespace)."""
+    return isinstance(value, str) and bool(ID_RE.match(value)) and ".." not in value

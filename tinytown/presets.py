@@ -48,10 +48,11 @@ Built-ins (checked against each tool's non-interactive mode):
   ``tinytown-mcp``; always available; what ``tt demo`` and the tests use.
 
 ``[agent_clis.NAME]`` tables in ``tinytown.toml`` add presets (or replace a built-in of the
-same name): ``command = [...]``, ``prompt = "stdin" | "arg"``, ``env = {}``, and
+same name, loudly): ``command = [...]``, ``prompt = "stdin" | "arg"``, ``env = {}``, and
 ``mcp_config_args = [...]`` appended after the command (e.g. ``["--mcp-config",
 "{mcp_config}"]``), and ``reports = false`` for a CLI that cannot report its task (then its
 exit code decides: 0 completed, else failed, recorded as ``decided_by = "exit_code"``).
+They run only once the user trusted that file (:mod:`tinytown.trust`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ from typing import Any, Literal
 
 from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Invalid
-from tinytown.mcp_config import ROUND_ENV, TOOL_TIMEOUT_S
+from tinytown.mcp_config import ROUND_ENV, TOOL_TIMEOUT_S, env_reference
+from tinytown.trust import require_trusted, warn_override
 
 log = logging.getLogger("tinytown.presets")
 
@@ -195,7 +197,7 @@ def round_server(inputs: RoundInputs) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         entry = None
     if not isinstance(entry, dict) or not isinstance(entry.get("env", {}), dict):
-        return server_entry(inputs.town, inputs.agent, reveal_secrets=True)
+        return server_entry(inputs.town, inputs.agent)
     return entry
 
 
@@ -278,11 +280,17 @@ def codex_mcp_overrides(server: Mapping[str, object]) -> list[str]:
     args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
     raw_env = server.get("env", {})
     env = {str(k): str(v) for k, v in raw_env.items()} if isinstance(raw_env, dict) else {}
+    # A ${VAR} reference (how the generated config carries the Redis URL without its
+    # password) becomes env_vars: Codex passes that variable of its own environment through.
+    passed = sorted(name for v in env.values() if (name := env_reference(v)))
+    env = {k: v for k, v in env.items() if env_reference(v) is None}
     out = ["-c", f"mcp_servers.tinytown.command={_toml_string(command)}",
            "-c", f"mcp_servers.tinytown.args=[{', '.join(_toml_string(a) for a in args)}]"]
     if env:
         table = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in sorted(env.items()))
         out += ["-c", f"mcp_servers.tinytown.env={{{table}}}"]
+    if passed:
+        out += ["-c", f"mcp_servers.tinytown.env_vars=[{', '.join(_toml_string(n) for n in passed)}]"]
     return out
 
 
@@ -365,6 +373,10 @@ def resolve_preset(config: TownConfig, cli: str | None) -> Preset:
             f"no preset named {name!r}; presets: {choices} (add one as [agent_clis.NAME] in "
             "tinytown.toml)"
         )
+    if not preset.builtin:  # it comes from tinytown.toml: only once the user trusted the file
+        require_trusted(config)
+        if preset.name in BUILTIN_PRESETS:
+            warn_override(preset.name, config.source[0] if config.source else None)
     return preset
 
 

@@ -22,20 +22,51 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tinytown.config import TownPaths
-from tinytown.errors import Conflict
+from tinytown.errors import Conflict, Invalid
+from tinytown.models import AGENT_NAME_RULE, valid_agent_name
+from tinytown.private import private_dir
+
+
+def agent_file_stem(agent: str) -> str:
+    """``agent`` when it may name a file in ``.tt/`` (an agent name, or the conductor).
+
+    Every path built from an agent's name goes through here, so ``tt agent run ../../yarn``
+    is refused before any file is opened.
+
+    Raises:
+        Invalid: anything else (a '/', '..', upper case, ...).
+    """
+    if not valid_agent_name(agent):
+        raise Invalid(f"agent name {agent!r} is not allowed: use {AGENT_NAME_RULE}")
+    return agent
 
 
 def lock_path(paths: TownPaths, agent: str) -> Path:
     """``.tt/run/<agent>.lock``: held by the agent's live runner."""
-    return paths.runtime / "run" / f"{agent}.lock"
+    return paths.runtime / "run" / f"{agent_file_stem(agent)}.lock"
 
 
 def runner_log_path(paths: TownPaths, agent: str) -> Path:
-    return paths.logs / f"{agent}.runner.log"
+    return paths.logs / f"{agent_file_stem(agent)}.runner.log"
 
 
 def round_log_path(paths: TownPaths, agent: str, n: int) -> Path:
-    return paths.logs / f"{agent}.round-{n}.log"
+    return paths.logs / f"{agent_file_stem(agent)}.round-{int(n)}.log"
+
+
+def round_prompt_path(paths: TownPaths, agent: str, n: int, label: str = "") -> Path:
+    """``.tt/logs/<agent>.round-<n><label>.prompt.md`` (``label``: "" or ".followup")."""
+    if label not in ("", ".followup"):
+        raise Invalid(f"unknown round label {label!r}")
+    return paths.logs / f"{agent_file_stem(agent)}.round-{int(n)}{label}.prompt.md"
+
+
+def mcp_log_path(paths: TownPaths, agent: str) -> Path:
+    return paths.logs / f"mcp-{agent_file_stem(agent)}.log"
+
+
+def mcp_config_path(paths: TownPaths, agent: str) -> Path:
+    return paths.mcp_configs / f"{agent_file_stem(agent)}.json"
 
 
 def round_logs(paths: TownPaths, agent: str) -> dict[int, Path]:
@@ -69,7 +100,7 @@ class RunnerLock:
         Raises:
             Conflict: another live runner holds it (its pid is named).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

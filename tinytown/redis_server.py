@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from tinytown.errors import Invalid, Unavailable
+from tinytown.private import PRIVATE_UMASK, open_private, private_dir
 from tinytown.processes import pid_alive, poll_until
 from tinytown.server_binary import BINARY_ENV, INSTALL_HINT, ServerBinary, choose, read_record
 
@@ -210,7 +211,7 @@ class ManagedRedis:
         if choice.notice:
             log.warning("%s", choice.notice)
         binary = choice.binary
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_path.parent)
         if self._real_socket != self.socket_path:
             _private_dir(self._real_socket.parent)
             self.socket_path.symlink_to(self._real_socket)
@@ -225,10 +226,12 @@ class ManagedRedis:
         try:
             # Errors before daemonizing go to stderr: append them to the server's own log.  The
             # daemon inherits the locked descriptor and so holds the lock until it ends.
-            with self.log_path.open("ab") as out:
+            # umask 077: its AOF, pid file and log are private to the user.
+            with open_private(self.log_path) as out:
                 launcher = subprocess.run(
                     args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-                    pass_fds=(life,), timeout=max(deadline - time.monotonic(), 0.1), check=False,
+                    pass_fds=(life,), umask=PRIVATE_UMASK,
+                    timeout=max(deadline - time.monotonic(), 0.1), check=False,
                 )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise Unavailable(f"cannot run {binary.path}: {exc}\n{self._log_tail()}") from exc
@@ -313,7 +316,7 @@ class ManagedRedis:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(self.runtime_dir)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise Unavailable(

@@ -57,6 +57,7 @@ from anyio.abc import Process
 
 from tinytown.config import TownPaths
 from tinytown.errors import Conflict, Invalid, NotFound, TinytownError, Unavailable
+from tinytown.masking import MaskingFormatter
 from tinytown.models import (
     AgentState,
     Message,
@@ -67,7 +68,15 @@ from tinytown.models import (
     normalise_agent_name,
 )
 from tinytown.presets import Preset, RoundInputs, resolve_preset, round_env
-from tinytown.processes import RunnerLock, lock_path, next_round_number, round_log_path
+from tinytown.private import open_private, user_umask, write_private
+from tinytown.processes import (
+    RunnerLock,
+    agent_file_stem,
+    lock_path,
+    next_round_number,
+    round_log_path,
+    round_prompt_path,
+)
 from tinytown.prompting import render_followup_prompt, render_round_prompt
 
 if TYPE_CHECKING:
@@ -470,7 +479,7 @@ class Runner:
         ids = [t.id for t in unreported]
         log.info("%s round %d: exited 0 without reporting task(s) %s; a follow-up round asks "
                  "it to report", self.name, result.number, ", ".join(ids))
-        with result.log.open("ab") as out:
+        with open_private(result.log) as out:
             out.write(f"\n--- tinytown: follow-up round: task(s) {', '.join(ids)} were not "
                       "reported ---\n".encode())
         return await self._launch(result.number, prompt, ids, ".followup")
@@ -481,9 +490,8 @@ class Runner:
 
         assert self._preset is not None
         preset = self._preset
-        prompt_file = self.paths.logs / f"{self.name}.round-{number}{label}.prompt.md"
-        prompt_file.parent.mkdir(parents=True, exist_ok=True)
-        prompt_file.write_text(prompt, encoding="utf-8")
+        prompt_file = round_prompt_path(self.paths, self.name, number, label)
+        write_private(prompt_file, prompt)
         # the round's MCP session joins this runner's session with this credential
         credential = await self.town.begin_round(self.name)
         mcp_config = write_agent_mcp_config(self.paths, self.name, round_credential=credential)
@@ -520,10 +528,11 @@ class Runner:
     async def _run_cli(
         self, argv: list[str], stdin: bytes | None, env: dict[str, str], log_path: Path
     ) -> int:
-        with log_path.open("ab") as out:
+        with open_private(log_path) as out:
             process = await anyio.open_process(
                 argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.paths.root, env=env,
+                umask=user_umask(),  # the CLI writes the user's files: the user's umask
             )
             self._process = process
             try:
@@ -622,7 +631,7 @@ def configure_runner_logging(level: int = logging.INFO) -> None:
     if not root.handlers:
         logging.basicConfig(level=logging.WARNING)
     for handler in root.handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("tinytown").setLevel(level)
 
 
@@ -643,7 +652,7 @@ async def run_agent(
     from tinytown.config import find_town_root
     from tinytown.town import Town
 
-    name = normalise_agent_name(name)
+    name = agent_file_stem(normalise_agent_name(name))
     paths = TownPaths(find_town_root(town_path))
     lock = RunnerLock(lock_path(paths, name))
     # Held until this process exits (the kernel drops it then): "the lock is held" and "the

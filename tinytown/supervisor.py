@@ -39,6 +39,7 @@ from tinytown.channel import Plan
 from tinytown.errors import Conflict, Forbidden, Invalid, NotFound
 from tinytown.models import CONDUCTOR, Agent, AgentState, InboxCounts, Task, normalise_agent_name
 from tinytown.presets import Preset, resolve_preset
+from tinytown.private import open_private, private_dir
 from tinytown.processes import lock_holder, lock_path, runner_log_path, signal_process, wait_exit
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ class LifecycleOps:
 
     async def _start_runner(self, name: str, preset: Preset) -> Agent:
         paths = self._town_paths()
-        paths.logs.mkdir(parents=True, exist_ok=True)
+        private_dir(paths.logs)
         argv = [sys.executable, "-m", "tinytown.cli.main", "--town", str(paths.root), "agent", "run", name]
         env = dict(os.environ)
         env["TINYTOWN_TOWN"] = str(paths.root)
@@ -212,7 +213,7 @@ class LifecycleOps:
         else:
             env.pop("REDIS_URL", None)
         after = await self.channel.last_event_id()
-        with runner_log_path(paths, name).open("ab") as out:
+        with open_private(runner_log_path(paths, name)) as out:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=paths.root, env=env, start_new_session=True,

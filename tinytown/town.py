@@ -22,13 +22,15 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
-from tinytown.config import TownConfig, TownPaths, find_town_root, load_config, mask_url
+from tinytown.config import TownConfig, TownPaths, find_town_root, load_config
 from tinytown.conversation import Conversation
 from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
 from tinytown.handback import Handback
 from tinytown.keys import Keys
+from tinytown.masking import mask_url
 from tinytown.models import (
     AGENT_NAME_RE,
+    AGENT_NAME_RULE,
     BROADCAST,
     CONDUCTOR,
     MAX_RECEIVE_TIMEOUT_S,
@@ -45,6 +47,7 @@ from tinytown.models import (
     normalise_agent_name,
     now_ms,
 )
+from tinytown.private import secure_runtime
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
 
@@ -121,6 +124,7 @@ class Town(TaskOps, LifecycleOps):
 
         paths = TownPaths(find_town_root(town))
         config = load_config(paths)
+        secure_runtime(paths.runtime)
         redis, display = await connect_redis(config, paths, start=start_redis)
         self = cls(redis, config, paths, redis_display=display)
         self._owns_redis = True
@@ -164,6 +168,8 @@ class Town(TaskOps, LifecycleOps):
         key = normalise_agent_name(name)
         if cached and key in self._ids:
             return self._ids[key]
+        if not AGENT_NAME_RE.match(key):
+            raise Invalid(f"{name!r} is not an agent name ({AGENT_NAME_RULE})")
         async with wrap_redis_errors():
             agent_id = await self.redis.hget(self.keys.agent_names, key)
         if agent_id is None:
@@ -210,10 +216,7 @@ class Town(TaskOps, LifecycleOps):
         """Return the normalised name, or raise :class:`Invalid` saying what is allowed."""
         lowered = name.strip().lower()
         if not AGENT_NAME_RE.match(lowered):
-            raise Invalid(
-                f"agent name {name!r} is not allowed: use 1-32 characters a-z, 0-9, '_' or '-', "
-                "starting with a letter"
-            )
+            raise Invalid(f"agent name {name!r} is not allowed: use {AGENT_NAME_RULE}")
         if lowered in RESERVED_NAMES:
             raise Invalid(f"{lowered!r} is a reserved name; pick another")
         return lowered
@@ -471,6 +474,9 @@ class Town(TaskOps, LifecycleOps):
             task_id = await self.resolve_task(task_id)
         sender_name = normalise_agent_name(sender)
         to_name = normalise_agent_name(to)
+        for who in (sender_name, to_name):
+            if not AGENT_NAME_RE.match(who):
+                raise Invalid(f"{who!r} is not an agent name ({AGENT_NAME_RULE})")
         # every field is validated above, so skip a second validation pass on the hot path
         message = Message.model_construct(
             id=str(uuid.uuid4()), sender=sender_name, to=to_name, kind=kind, body=body,

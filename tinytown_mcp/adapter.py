@@ -22,6 +22,7 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel
 
 from tinytown.errors import TinytownError
+from tinytown.masking import scrub
 from tinytown.town import Town
 
 log = logging.getLogger("tinytown_mcp")
@@ -67,7 +68,7 @@ def success(payload: dict[str, Any]) -> CallToolResult:
 
 def failure(error: TinytownError) -> CallToolResult:
     """``isError`` with text ``"<code>: <sentence>"``."""
-    return CallToolResult(content=[TextContent(type="text", text=str(error))], is_error=True)
+    return CallToolResult(content=[TextContent(type="text", text=scrub(str(error)))], is_error=True)
 
 
 def unexpected(tool: str) -> CallToolResult:

@@ -35,6 +35,8 @@ import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from tinytown.mcp_config import env_reference
+
 TASK_ID_RE = re.compile(r"^task id: (\S+)", re.MULTILINE)
 MESSAGE_RE = re.compile(r"^--- message \d+ of \d+ ---$|^--- end of messages ---$", re.MULTILINE)
 HEADER_RE = re.compile(r"^(message id|from|kind|priority|task id|in reply to): (\S+)")
@@ -103,8 +105,15 @@ def server_parameters(config_path: Path) -> StdioServerParameters:
     """The ``tinytown`` server of a ``.mcp.json`` file, with this process's environment."""
     data = json.loads(config_path.read_text(encoding="utf-8"))
     entry = data["mcpServers"]["tinytown"]
-    # Like Claude Code, hand the server our environment plus the entry's env.
-    env = {**os.environ, **{str(k): str(v) for k, v in (entry.get("env") or {}).items()}}
+    # Like Claude Code, hand the server our environment plus the entry's env, whose
+    # ${VAR} references (the Redis URL, so the file holds no password) come from ours.
+    env = dict(os.environ)
+    for key, value in (entry.get("env") or {}).items():
+        name = env_reference(str(value))
+        if name is None:
+            env[str(key)] = str(value)
+        elif name in os.environ:
+            env[str(key)] = os.environ[name]
     return StdioServerParameters(
         command=str(entry["command"]), args=[str(a) for a in entry.get("args", [])], env=env,
     )

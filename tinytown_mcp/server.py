@@ -36,8 +36,11 @@ from pydantic import ValidationError
 import tinytown
 from tinytown.channel import PROGRESS_EVERY_S
 from tinytown.errors import Invalid, TinytownError
+from tinytown.masking import MaskingFormatter, scrub
 from tinytown.mcp_config import ROUND_ENV
 from tinytown.models import CONDUCTOR, normalise_agent_name
+from tinytown.private import PrivateFileHandler, use_private_umask
+from tinytown.processes import mcp_log_path
 from tinytown.town import Town
 from tinytown_mcp import guides
 from tinytown_mcp.adapter import Session, failure, unexpected
@@ -188,7 +191,7 @@ def configure_logging(level: str) -> None:
     never goes there."""
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tinytown-mcp %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(MaskingFormatter("tinytown-mcp %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(max(logging.WARNING, logging.getLevelName(level)))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -199,10 +202,9 @@ def configure_logging(level: str) -> None:
 def log_to_file(town: Town, agent: str) -> Path | None:
     if town.paths is None:
         return None
-    path = town.paths.logs / f"mcp-{agent}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    path = mcp_log_path(town.paths, agent)
+    handler = PrivateFileHandler(path)
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return path
 
@@ -249,12 +251,13 @@ async def serve(town_path: Path | None, agent: str, take_over: bool = False) -> 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``tinytown-mcp``."""
     args = parse_args(argv)
+    use_private_umask()  # the server writes nothing but .tt/ (its log): private to the user
     configure_logging(args.log_level)
     try:
         agent = resolve_identity(args.agent)
         anyio.run(serve, args.town, agent, args.take_over)
     except TinytownError as error:
-        sys.stderr.write(f"tinytown-mcp: {error}\n")
+        sys.stderr.write(f"tinytown-mcp: {scrub(str(error))}\n")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -74,7 +74,9 @@ def state(ctx: typer.Context) -> CliState:
 
 def fail(error: TinytownError | str, code: int = 1) -> NoReturn:
     """One line on stderr, no traceback, exit ``code``."""
-    typer.echo(f"tt: {error}", err=True)
+    from tinytown.masking import scrub
+
+    typer.echo(f"tt: {scrub(str(error))}", err=True)
     raise typer.Exit(code)
 
 

@@ -96,22 +96,39 @@ def init(
         str | None, typer.Option("--redis-url", help="Use this Redis instead of a managed one.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing tinytown.toml.")] = False,
+    store_password: Annotated[
+        bool,
+        typer.Option("--store-password", help="Write the Redis URL's password into tinytown.toml too."),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Make a town here: tinytown.toml, the .tt/ runtime folder, .tt/ in .gitignore."""
     import os
 
-    from tinytown.config import TownPaths, init_town, mask_url
+    from tinytown.config import TownPaths, init_town
+    from tinytown.masking import mask_url
 
     given = state(ctx).town or os.environ.get("TINYTOWN_TOWN")
     root = Path(given).expanduser() if given else Path.cwd()
-    config = run_plain(lambda: init_town(root, name=name, redis_url=redis_url, force=force))
+    config = run_plain(lambda: init_town(
+        root, name=name, redis_url=redis_url, force=force, store_password=store_password
+    ))
     paths = TownPaths(root.resolve())
     redis = mask_url(config.redis.url) or "managed"
-    if json_out:
-        print_json(
-            {"town": config.name, "root": str(paths.root), "config": str(paths.config), "redis": redis}
+    withheld = bool(redis_url) and not store_password and config.redis.url != redis_url
+    if withheld:
+        typer.echo(
+            "tt: the Redis password is not written to tinytown.toml (a file meant to be committed); "
+            "put the full URL, password included, in REDIS_URL for tt and the agents "
+            "(or run `tt init --force --store-password --redis-url URL`)", err=True,
         )
+    if json_out:
+        made: dict[str, object] = {
+            "town": config.name, "root": str(paths.root), "config": str(paths.config), "redis": redis,
+        }
+        if redis_url:
+            made["password_stored"] = not withheld
+        print_json(made)
         return
     from tinytown.cli.render import say
 
@@ -173,8 +190,8 @@ def down(ctx: typer.Context, json_out: JsonOption = False) -> None:
 
 def _managed_server(ctx: typer.Context, json_out: bool) -> "tuple[TownConfig, ManagedRedis] | None":
     """The town's managed server, or None after saying the town uses an external Redis."""
-    from tinytown.config import mask_url
     from tinytown.connect import managed_redis
+    from tinytown.masking import mask_url
 
     paths, config = _local_town(ctx)
     if config.redis.url:

@@ -227,8 +227,10 @@ def agent_run(
     import anyio
 
     from tinytown.errors import TinytownError
+    from tinytown.private import use_private_umask
     from tinytown.runner import configure_runner_logging, run_agent
 
+    use_private_umask()  # the runner writes .tt/ only; its CLI gets the user's umask back
     configure_runner_logging()
     try:
         final: Any = anyio.run(

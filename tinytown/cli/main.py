@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from tinytown.cli import commands, lifecycle, logs_cmd, mcp_cmd  # noqa: F401  (they register commands on app)
+from tinytown.cli import commands, lifecycle, logs_cmd, mcp_cmd, trust_cmd  # noqa: F401  (they register commands on app)
 from tinytown.cli.app import app
+from tinytown.masking import mask_log_handlers, scrub
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    mask_log_handlers()
     try:
         app()
     except KeyboardInterrupt:
@@ -18,7 +20,7 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # outermost edge: one line for the user, traceback in the log
         logging.getLogger("tinytown.cli").debug("unexpected error", exc_info=True)
-        sys.stderr.write(f"tt: unexpected error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.write(f"tt: unexpected error: {type(exc).__name__}: {scrub(str(exc))}\n")
         sys.exit(1)
 
 

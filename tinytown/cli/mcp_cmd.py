@@ -11,7 +11,7 @@ import typer
 
 from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run_plain, state
 from tinytown.config import find_town_root
-from tinytown.mcp_config import CLIENTS, WHERE, Client, client_config, secrets_masked, server_entry
+from tinytown.mcp_config import CLIENTS, WHERE, Client, client_config, secrets_note, server_entry
 from tinytown.models import AGENT_NAME_RE, CONDUCTOR, normalise_agent_name
 
 mcp_app = typer.Typer(help="Connect MCP clients (Claude Code, Codex, Gemini CLI, Cursor, Claude Desktop).",
@@ -40,10 +40,11 @@ def config(
     if json_out:
         print_json({
             "client": chosen, "agent": name, "town": str(root), "where": WHERE[chosen],
-            "server": server_entry(root, name), "config": text,
+            "server": server_entry(root, name, chosen), "config": text,
         })
         return
     typer.echo(text, nl=False)
-    if secrets_masked():
-        typer.echo("tt: the Redis password is masked above; replace **** with it in REDIS_URL", err=True)
+    note = secrets_note(chosen)
+    if note:
+        typer.echo(f"tt: {note}", err=True)
     typer.echo(f"# paste into {WHERE[chosen]}", err=True)
