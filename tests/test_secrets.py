@@ -201,6 +201,8 @@ def test_errors_about_a_url_with_a_password_do_not_show_it(
         assert done.returncode == 1, done
         assert done.stderr.startswith(("tt: unavailable: ", "tt: invalid: ")), done.stderr
         assert shows_no_password(done.stdout + done.stderr), done.stderr
+        if "Wrong" in bad:
+            assert "refused the credentials" in done.stderr, done.stderr
     served = subprocess.run([str(SCRIPT)], env=env, input="", capture_output=True, text=True,
                             timeout=90, check=False)
     assert served.returncode == 1 and shows_no_password(served.stderr), served.stderr

@@ -79,13 +79,17 @@ def error_from_reply(text: str) -> TinytownError:
 
 def translate_redis_error(exc: redis.exceptions.RedisError) -> TinytownError:
     """The :class:`TinytownError` for a ``redis.RedisError`` (Lua replies keep their code)."""
+    refused = ("invalid username-password", "WRONGPASS", "NOAUTH", "Authentication required")
+    if isinstance(exc, redis.exceptions.AuthenticationError) or any(r in str(exc) for r in refused):
+        return Unavailable(
+            "Redis refused the credentials; check the password of the Redis URL (in REDIS_URL, "
+            "or tinytown.toml when stored there)"
+        )
     if isinstance(exc, redis.exceptions.ResponseError):
         text = str(exc)
         if text.split(":", 1)[0].strip() in (*ERRORS_BY_CODE, "retry"):
             return error_from_reply(text)
         return Unavailable(f"Redis refused the command: {text}")
-    if isinstance(exc, redis.exceptions.AuthenticationError):
-        return Unavailable("Redis refused the credentials; check the password in the Redis URL")
     return Unavailable(f"cannot reach Redis ({type(exc).__name__}: {exc}); is it running? try `tt up`")
 
 

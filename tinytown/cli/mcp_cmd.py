@@ -37,6 +37,9 @@ def config(
     root = run_plain(lambda: find_town_root(state(ctx).town))
     chosen: Client = client  # type: ignore[assignment]  # checked against CLIENTS above
     text = client_config(root, name, chosen)
+    note = secrets_note(chosen)
+    if note:
+        typer.echo(f"tt: {note}", err=True)
     if json_out:
         print_json({
             "client": chosen, "agent": name, "town": str(root), "where": WHERE[chosen],
@@ -44,7 +47,4 @@ def config(
         })
         return
     typer.echo(text, nl=False)
-    note = secrets_note(chosen)
-    if note:
-        typer.echo(f"tt: {note}", err=True)
     typer.echo(f"# paste into {WHERE[chosen]}", err=True)
