@@ -24,7 +24,8 @@ from tinytown.processes import lock_path, mcp_config_path, round_log_path, runne
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.e2e]
 
-DEADLINE_S = 30.0
+DEADLINE_S = 60.0
+START_S = 120.0  # a cold server start on a loaded machine: imports, Redis, the session
 
 
 class RawServer:
@@ -62,12 +63,15 @@ class RawServer:
         assert isinstance(parsed, dict)
         return parsed
 
-    def request(self, request_id: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def request(
+        self, request_id: int, method: str, params: dict[str, Any] | None = None,
+        timeout_s: float = DEADLINE_S,
+    ) -> dict[str, Any]:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
         self.send(json.dumps(message).encode())
-        return self.reply()
+        return self.reply(timeout_s)
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -87,7 +91,7 @@ def server(tt_env: dict[str, str], tmp_path: Path) -> Iterator[RawServer]:
             init = raw.request(1, "initialize", {
                 "protocolVersion": "2025-06-18", "capabilities": {},
                 "clientInfo": {"name": "hostile", "version": "1"},
-            })
+            }, timeout_s=START_S)
             assert "result" in init, init
             raw.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
             yield raw

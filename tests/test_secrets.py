@@ -22,7 +22,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 from runner_support import open_spawn_town, round_done
 
-from tinytown.masking import mask_url, scrub, strip_password
+from tinytown.masking import mask_url, remember_url, scrub, strip_password
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_redis, pytest.mark.e2e]
 
@@ -267,3 +267,11 @@ def test_strip_password_keeps_everything_but_the_password() -> None:
 def test_scrub_masks_urls_inside_text() -> None:
     text = "cannot reach unix:///r.sock?password=pw-1 (or redis://:pw-2@h:1), giving up"
     assert scrub(text) == "cannot reach unix:///r.sock?password=**** (or redis://:****@h:1), giving up"
+
+
+def test_scrub_masks_a_remembered_password_wherever_it_appears_but_not_a_user_name() -> None:
+    remember_url("redis://default:Zebra%2D77@h:1/0")
+    remember_url("unix:///s.sock?username=alice&password=Quokka-88")
+    remember_url("redis://bob@h:1")
+    assert scrub("AUTH Zebra-77 / Zebra%2D77 / Quokka-88 refused") == "AUTH **** / **** / **** refused"
+    assert scrub("default alice bob") == "default alice bob"

@@ -82,15 +82,16 @@ def strip_password(url: str) -> str:
 
 
 def url_secrets(url: str | None) -> set[str]:
-    """The passwords (and lone user-infos) in ``url``, raw and percent-decoded."""
+    """The passwords in ``url``, raw and percent-decoded."""
     found: set[str] = set()
     if not url:
         return found
     _prefix, netloc, rest = _split(url)
     if "@" in netloc:
         userinfo = netloc.rsplit("@", 1)[0]
-        user, colon, password = userinfo.partition(":")
-        found.add(password if colon else user)
+        _user, colon, password = userinfo.partition(":")
+        if colon:  # a lone user-info is masked in URLs but is most likely a user name
+            found.add(password)
     query = rest.partition("#")[0].partition("?")[2]
     for pair in re.split(r"[&;]", query):
         name, equals, value = pair.partition("=")
