@@ -196,9 +196,11 @@ async def test_a_malformed_line_does_not_end_the_session(tt_env: dict[str, str])
             await proc.stdin.send(b"this is not json\n" + rpc("initialize", {
                 "protocolVersion": "2025-06-18", "capabilities": {},
                 "clientInfo": {"name": "raw", "version": "0"}}, 1).encode())
+            refused = json.loads(await stdout.receive_until(b"\n", 1 << 20))
             reply = json.loads(await stdout.receive_until(b"\n", 1 << 20))
             await proc.stdin.aclose()
             assert await proc.wait() == 0
+    assert refused["id"] is None and refused["error"]["code"] == -32700  # answered, not ignored
     assert reply["id"] == 1 and reply["result"]["serverInfo"]["name"] == "tinytown"
 
 
