@@ -177,7 +177,7 @@ async def test_a_spawned_agent_works_with_the_password_only_in_redis_url(
         done = await town.get_task(task.id)
         assert (done.state, done.result) == ("completed", "6 * 7 = 42")  # MCP reached Redis
         generated = (root / ".tt" / "mcp" / "alice.json").read_text()
-        assert json.loads(generated)["mcpServers"]["tinytown"]["env"] == {"REDIS_URL": "${REDIS_URL}"}
+        assert json.loads(generated)["mcpServers"]["tinytown"]["env"]["REDIS_URL"] == "${REDIS_URL}"
         await town.kill_agent("alice")
     for path in files_under(root):
         assert shows_no_password(path.read_text(errors="replace")), path
