@@ -17,7 +17,7 @@ import pytest
 from mcp_support import ok, stdio
 
 from tinytown.config import AgentCliSettings, Limits, RedisSettings, TownConfig, TownPaths, parse_config
-from tinytown.mcp_config import client_config, server_command, write_agent_mcp_config
+from tinytown.mcp_config import CODEX_SERVER_SETTINGS, client_config, server_command, write_agent_mcp_config
 
 pytestmark = [pytest.mark.anyio]
 
@@ -46,6 +46,8 @@ def test_codex_gets_a_toml_table_that_passes_redis_url_through_without_its_passw
     assert table["args"][-2:] == ["--agent", "bob"]
     assert table["env_vars"] == ["REDIS_URL"] and "env" not in table
     assert "hunter2" not in text
+    # ready before the first turn, and a tool call outlasts receive(timeout_s=300)
+    assert (table["required"], table["startup_timeout_sec"], table["tool_timeout_sec"]) == (True, 60, 360)
 
 
 def test_gemini_gets_a_trusted_entry_with_a_long_timeout_that_yields_to_a_runners_agent(
@@ -121,6 +123,7 @@ def test_the_ready_gemini_settings_trust_tinytown_and_follow_a_runners_agent() -
 def test_the_ready_codex_snippet_is_a_tinytown_table() -> None:
     table = tomllib.loads((CONFIGS / "config.toml").read_text())["mcp_servers"]["tinytown"]
     assert table["command"] == "tinytown-mcp" and "--town" in table["args"]
+    assert {k: table[k] for k in CODEX_SERVER_SETTINGS} == CODEX_SERVER_SETTINGS
 
 
 def test_the_annotated_tinytown_toml_shows_every_key_with_its_default() -> None:

@@ -16,10 +16,12 @@ import pytest
 
 from tinytown.config import parse_config
 from tinytown.errors import Invalid
+from tinytown.mcp_config import CODEX_SERVER_SETTINGS
 from tinytown.models import Agent, InboxCounts, Message, MessageKind, Task, TaskState
 from tinytown.presets import BUILTIN_PRESETS, RoundInputs, resolve_preset, round_env
 from tinytown.prompting import render_prime, render_round_prompt
 from tinytown.runner import describe_argv, env_changes
+from tinytown.town import MAX_RECEIVE_TIMEOUT_S
 from tinytown_mcp.scripted_agent import work
 
 TT = str(Path(sys.executable).parent / "tt")
@@ -46,22 +48,64 @@ def test_claude_reads_the_prompt_on_stdin_and_gets_the_mcp_config_file(tmp_path:
     assert preset.stdin("do the thing") == b"do the thing"
 
 
-def test_codex_gets_the_mcp_server_as_config_overrides_and_the_prompt_on_stdin(tmp_path: Path) -> None:
+def _codex_overrides(argv: list[str]) -> dict[str, object]:
+    parsed: dict[str, object] = {}
+    for i, arg in enumerate(argv):
+        if arg == "-c":  # each value must be valid TOML, as codex parses it
+            key, _, value = argv[i + 1].partition("=")
+            parsed[key] = tomllib.loads(f"v = {value}")["v"]
+    return parsed
+
+
+def test_codex_runs_headless_in_its_sandbox_with_the_mcp_server_as_config_overrides(tmp_path: Path) -> None:
     preset = BUILTIN_PRESETS["codex"]
     argv = preset.argv(inputs(tmp_path), SERVER)
-    assert argv[:3] == ["codex", "exec", "--full-auto"]
+    assert argv[:5] == ["codex", "exec", "--sandbox", "workspace-write", "--skip-git-repo-check"]
+    assert "--full-auto" not in argv  # gone from Codex 0.1xx: exit 2
+    assert argv[argv.index("--add-dir") + 1] == f"{tmp_path}/.git"
     assert argv[-1] == "-"
-    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "-c"]
-    parsed: dict[str, object] = {}
-    for override in overrides:  # each value must be valid TOML, as codex parses it
-        key, _, value = override.partition("=")
-        parsed[key] = tomllib.loads(f"v = {value}")["v"]
-    assert parsed == {
+    assert _codex_overrides(argv) == {
+        "sandbox_workspace_write.network_access": True,
+        "approval_policy": "never",
         "mcp_servers.tinytown.command": "/venv/bin/tinytown-mcp",
         "mcp_servers.tinytown.args": ["--town", "/t", "--agent", "bob"],
-        "mcp_servers.tinytown.env": {"REDIS_URL": "redis://:pw@h:6379/0"},
+        "mcp_servers.tinytown.required": True,
+        "mcp_servers.tinytown.startup_timeout_sec": 60,
+        "mcp_servers.tinytown.tool_timeout_sec": 360,
+        "mcp_servers.tinytown.env": {},
+        "mcp_servers.tinytown.env_vars": ["REDIS_URL"],
     }
     assert preset.stdin("x") == b"x"
+
+
+def test_codex_gets_the_servers_secrets_through_its_environment_not_its_command_line(tmp_path: Path) -> None:
+    preset = BUILTIN_PRESETS["codex"]
+    server = {**SERVER, "env": {"REDIS_URL": "redis://:pw@h:6379/0", "TINYTOWN_ROUND": "s3cret"}}
+    argv = preset.argv(inputs(tmp_path), server)
+    assert not [a for a in argv if "pw@" in a or "s3cret" in a]
+    assert _codex_overrides(argv)["mcp_servers.tinytown.env_vars"] == ["REDIS_URL", "TINYTOWN_ROUND"]
+    assert preset.server_env(server) == server["env"]
+    assert BUILTIN_PRESETS["claude"].server_env(server) == {}  # reads them from --mcp-config
+
+
+def test_codex_overrides_replace_the_users_tinytown_env_even_when_a_round_needs_none(tmp_path: Path) -> None:
+    argv = BUILTIN_PRESETS["codex"].argv(inputs(tmp_path), {"command": "tinytown-mcp", "args": []})
+    assert _codex_overrides(argv)["mcp_servers.tinytown.env"] == {}
+    assert _codex_overrides(argv)["mcp_servers.tinytown.env_vars"] == []
+
+
+def test_a_tightened_codex_preset_in_tinytown_toml_keeps_the_tinytown_server(tmp_path: Path) -> None:
+    config = parse_config({"name": "t", "agent_clis": {"codex": {"command": [
+        "codex", "exec", "--sandbox", "read-only", "{codex_mcp_overrides}", "-"]}}})
+    argv = resolve_preset(config, "codex").argv(inputs(tmp_path), SERVER)
+    assert argv[:4] == ["codex", "exec", "--sandbox", "read-only"]
+    assert "sandbox_workspace_write.network_access" not in _codex_overrides(argv)
+    assert _codex_overrides(argv)["mcp_servers.tinytown.args"] == ["--town", "/t", "--agent", "bob"]
+    assert _codex_overrides(argv)["mcp_servers.tinytown.required"] is True
+
+
+def test_codex_tool_timeout_outlasts_the_longest_receive() -> None:
+    assert CODEX_SERVER_SETTINGS["tool_timeout_sec"] > MAX_RECEIVE_TIMEOUT_S
 
 
 def test_aider_reads_the_prompt_from_a_file_and_gemini_from_stdin(tmp_path: Path) -> None:

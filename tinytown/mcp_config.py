@@ -55,6 +55,17 @@ TOOL_TIMEOUT_S = int(MAX_RECEIVE_TIMEOUT_S) + 60
 # must outlast receive's longest wait (300 s, ``town.MAX_RECEIVE_TIMEOUT_S``).
 GEMINI_SERVER_SETTINGS: dict[str, bool | int] = {"trust": True, "timeout": 360_000}
 
+# Codex settings of the tinytown server.  Codex skips an optional MCP server that is not
+# ready when a turn starts (`codex exec` would run without tinytown tools): ``required``
+# makes it wait, up to ``startup_timeout_sec`` (the server may first start the town's
+# Redis).  A tool call is cut off at ``tool_timeout_sec`` (Codex's default is 300 s), which
+# must outlast receive's longest wait (300 s, ``town.MAX_RECEIVE_TIMEOUT_S``).
+CODEX_SERVER_SETTINGS: dict[str, bool | int] = {
+    "required": True,
+    "startup_timeout_sec": 60,
+    "tool_timeout_sec": 360,
+}
+
 # Where each client reads the snippet from (shown by `tt mcp config`).
 WHERE: dict[Client, str] = {
     "claude": (".mcp.json in the project root (Claude Code asks once to approve it in an interactive "
@@ -129,14 +140,7 @@ def client_config(root: Path, agent: str, client: Client = "claude") -> str:
     """
     entry = server_entry(root, agent, client)
     if client == "codex":
-        table: dict[str, Any] = {"command": entry["command"], "args": entry["args"]}
-        env = {k: v for k, v in entry["env"].items() if env_reference(v) is None}
-        passed = sorted(name for v in entry["env"].values() if (name := env_reference(v)))
-        if env:
-            table["env"] = env
-        if passed:
-            table["env_vars"] = passed
-        return tomli_w.dumps({"mcp_servers": {SERVER_KEY: table}})
+        return tomli_w.dumps({"mcp_servers": {SERVER_KEY: codex_server_table(entry)}})
     if client == "gemini":
         return json.dumps({"mcpServers": {SERVER_KEY: gemini_server_entry(entry, agent, follow_env=True)}},
                           indent=2) + "\n"
@@ -167,6 +171,19 @@ def gemini_server_entry(entry: dict[str, Any], agent: str, *, follow_env: bool) 
         out["env"] = env
     out.update(GEMINI_SERVER_SETTINGS)
     return out
+
+def codex_server_table(entry: dict[str, Any]) -> dict[str, Any]:
+    """The ``[mcp_servers.tinytown]`` table of Codex's ``config.toml`` for a server entry."""
+    table: dict[str, Any] = {"command": entry["command"], "args": list(entry["args"])}
+    raw_env = entry.get("env") or {}
+    env = {k: v for k, v in raw_env.items() if env_reference(v) is None}
+    passed = sorted(name for v in raw_env.values() if (name := env_reference(v)))
+    if env:
+        table["env"] = env
+    if passed:  # a ${VAR} reference: Codex passes that variable of its own environment on
+        table["env_vars"] = passed
+    table.update(CODEX_SERVER_SETTINGS)
+    return table
 
 
 def secrets_note(client: Client) -> str | None:

@@ -24,10 +24,20 @@ Built-ins (checked against each tool's non-interactive mode):
   town, e.g. the conductor's, is not loaded); its tools, shell commands and file edits run
   without prompts (headless Claude Code denies whatever would prompt; it refuses
   ``bypassPermissions`` as root).  Environment: :data:`CLAUDE_CODE_ENV`.
-* ``codex``   ``codex exec --full-auto -c mcp_servers.tinytown.command=… -c
-  mcp_servers.tinytown.args=[…] -c mcp_servers.tinytown.env={…} -``: Codex has no
-  ``--mcp-config``; it reads MCP servers from ``config.toml``, and ``-c key=value`` (values in
-  TOML) overrides that file for one run.  ``-`` reads the prompt from stdin.
+* ``codex``   ``codex exec --sandbox workspace-write --skip-git-repo-check --add-dir
+  {town}/.git -c sandbox_workspace_write.network_access=true -c approval_policy="never"
+  {codex_mcp_overrides} -``.  Codex has no ``--mcp-config``; it reads MCP servers from
+  ``config.toml``, and ``-c key=value`` (values in TOML) overrides that file for one run:
+  ``{codex_mcp_overrides}`` expands to the ``tinytown`` server bound to the agent
+  (command, args, ``env_vars`` naming its environment, which the round's environment
+  carries, and ``required``/``startup_timeout_sec``/``tool_timeout_sec`` from
+  :data:`tinytown.mcp_config.CODEX_SERVER_SETTINGS`).  The MCP server runs outside Codex's
+  sandbox; shell commands run inside it, where ``workspace-write`` lets them write the town
+  directory and ``/tmp`` only.  ``--add-dir {town}/.git`` lets them commit (Codex keeps
+  ``.git`` read-only otherwise), ``network_access`` lets them reach Redis (``tt`` over the
+  town's unix socket or TCP; the sandbox refuses every socket without it), and
+  ``--skip-git-repo-check`` lets a town that is not a git repository run at all.  ``-``
+  reads the prompt from stdin.
 * ``aider``   ``aider --yes-always --no-git … --message-file F`` (a file, not ``--message``: one
   argv element is limited to 128 KiB on Linux).  Aider has no MCP and declines to run shell
   commands even with ``--yes-always``, so it cannot report (``reports=False``): its exit code
@@ -69,7 +79,7 @@ from typing import Any, Literal
 
 from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Invalid
-from tinytown.mcp_config import ROUND_ENV, TOOL_TIMEOUT_S, env_reference
+from tinytown.mcp_config import ROUND_ENV, SERVER_KEY, TOOL_TIMEOUT_S, codex_server_table, env_reference
 from tinytown.trust import require_trusted, warn_override
 
 log = logging.getLogger("tinytown.presets")
@@ -164,6 +174,16 @@ class Preset:
     def round_env(self, inputs: RoundInputs) -> dict[str, str]:
         """The preset's ``env`` with its placeholders filled (``{prompt}`` is not one here)."""
         return {key: _fill(value, inputs) for key, value in self.env.items()}
+
+    def server_env(self, mcp_server: Mapping[str, object] | None) -> dict[str, str]:
+        """Variables the round's environment must carry for the CLI to hand them to the MCP
+        server: the server entry's ``env`` for a preset that passes the server as Codex
+        overrides (which name them only), else nothing."""
+        if CODEX_MCP_PLACEHOLDER not in self.command or not mcp_server:
+            return {}
+        raw_env = mcp_server.get("env", {})
+        env = {str(k): str(v) for k, v in raw_env.items()} if isinstance(raw_env, dict) else {}
+        return {k: v for k, v in env.items() if env_reference(v) is None}
 
     def stdin(self, prompt: str) -> bytes | None:
         """What to write to the CLI's standard input (``None``: nothing, it is closed)."""
@@ -273,24 +293,54 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_string(str(k))} = {_toml_value(v)}"
+                               for k, v in sorted(value.items())) + "}"
+    return _toml_string(str(value))
+
+
 def codex_mcp_overrides(server: Mapping[str, object]) -> list[str]:
-    """``-c`` overrides that give Codex the ``tinytown`` MCP server for one run."""
-    command = str(server.get("command", "tinytown-mcp"))
+    """``-c`` overrides that give Codex the ``tinytown`` MCP server for one run.
+
+    The server's environment (the Redis URL with its password, the round credential) stays
+    off the command line, where ``ps`` and logs would show it: ``env_vars`` names the
+    variables Codex passes on from its own environment, which the round sets (see
+    :meth:`Preset.server_env`).  ``env`` is set to ``{}`` so a
+    ``[mcp_servers.tinytown.env]`` of the user's own ``config.toml`` cannot leak in.
+    """
     raw_args = server.get("args", [])
-    args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
+    table = codex_server_table({
+        "command": str(server.get("command", "tinytown-mcp")),
+        "args": [str(a) for a in raw_args] if isinstance(raw_args, list) else [],
+    })
+    table["env"] = {}
+    table["env_vars"] = sorted(_server_env(server))
+    out: list[str] = []
+    for key, value in table.items():
+        out += ["-c", f"mcp_servers.{SERVER_KEY}.{key}={_toml_value(value)}"]
+    return out
+
+
+def _server_env(server: Mapping[str, object]) -> dict[str, str]:
+    """The server's environment as variables to set: a ``${VAR}`` reference (how the
+    generated config carries the Redis URL without its password) names a variable the
+    environment already has, so it maps to that variable's own name with no value to set."""
     raw_env = server.get("env", {})
     env = {str(k): str(v) for k, v in raw_env.items()} if isinstance(raw_env, dict) else {}
-    # A ${VAR} reference (how the generated config carries the Redis URL without its
-    # password) becomes env_vars: Codex passes that variable of its own environment through.
-    passed = sorted(name for v in env.values() if (name := env_reference(v)))
-    env = {k: v for k, v in env.items() if env_reference(v) is None}
-    out = ["-c", f"mcp_servers.tinytown.command={_toml_string(command)}",
-           "-c", f"mcp_servers.tinytown.args=[{', '.join(_toml_string(a) for a in args)}]"]
-    if env:
-        table = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in sorted(env.items()))
-        out += ["-c", f"mcp_servers.tinytown.env={{{table}}}"]
-    if passed:
-        out += ["-c", f"mcp_servers.tinytown.env_vars=[{', '.join(_toml_string(n) for n in passed)}]"]
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        name = env_reference(value)
+        if name is None:
+            out[key] = value
+        else:
+            out.setdefault(name, "")
     return out
 
 
@@ -306,7 +356,9 @@ BUILTIN_PRESETS: dict[str, Preset] = {
     ),
     "codex": Preset(
         "codex",
-        ("codex", "exec", "--full-auto", CODEX_MCP_PLACEHOLDER, "-"),
+        ("codex", "exec", "--sandbox", "workspace-write", "--skip-git-repo-check",
+         "--add-dir", "{town}/.git", "-c", "sandbox_workspace_write.network_access=true",
+         "-c", 'approval_policy="never"', CODEX_MCP_PLACEHOLDER, "-"),
         prompt="stdin",
         install_hint="npm install -g @openai/codex",
     ),

@@ -500,6 +500,7 @@ class Runner:
         server = _tinytown_server(mcp_config)
         argv = preset.argv(inputs, server)
         extra = {
+            **preset.server_env(server),
             "TINYTOWN_TOWN": str(self.paths.root),
             "TINYTOWN_AGENT": self.name,
             "TINYTOWN_TASK_ID": task_ids[0] if len(task_ids) == 1 else None,

@@ -14,12 +14,42 @@ from fake_models.server import Step, ToolCall, Turn
 
 TASK_ID = re.compile(r"task id: ([0-9a-f-]{36})")
 
+# Each CLI's shell tool, the name of its command argument, and arguments it needs besides.
+SHELL_TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "exec_command": ("cmd", {"yield_time_ms": 30000}),  # Codex: wait up to 30 s for the exit
+    "Bash": ("command", {}),
+    "run_shell_command": ("command", {}),
+}
+
 
 def _call(turn: Turn, bare: str, arguments: dict[str, Any]) -> Step:
     name = turn.tool(bare)
     if name is None:
         return f"no tinytown tool {bare!r} was offered; offered: {sorted(turn.tools)}"
     return ToolCall(name, arguments)
+
+
+def shell_call(turn: Turn, command: str) -> Step:
+    """Run ``command`` with the CLI's own shell tool (Codex ``exec_command``, Claude Code
+    ``Bash``, Gemini CLI ``run_shell_command``)."""
+    for name, (argument, extra) in SHELL_TOOLS.items():
+        if name in turn.tools:
+            return ToolCall(name, {argument: command, **extra})
+    return f"no shell tool was offered; offered: {sorted(turn.tools)}"
+
+
+def shell_results(turn: Turn) -> list[str]:
+    return [r.text for r in turn.results if r.name in SHELL_TOOLS]
+
+
+def whoami_name(turn: Turn) -> str | None:
+    """The agent name the last ``whoami`` result gave."""
+    for result in reversed(turn.results_of("whoami")):
+        data = result.json() or {}
+        name = (data.get("agent") or {}).get("name")
+        if name:
+            return str(name)
+    return None
 
 
 def received_task_ids(turn: Turn) -> list[str]:
