@@ -122,7 +122,9 @@ def _needs_search(body: dict[str, Any], turn: Turn, step: ToolCall | str) -> boo
         return False
     if any(i.get("type") == "tool_search_call" for i in body.get("input") or [] if isinstance(i, dict)):
         return False
-    return isinstance(step, str) and step.startswith("no tinytown tool")
+    if isinstance(step, ToolCall):  # a tool this request does not show (e.g. bare "whoami")
+        return step.name not in turn.tools
+    return step.startswith("no tinytown tool")
 
 
 def output_items(step: ToolCall | str, search: bool) -> list[dict[str, Any]]:
