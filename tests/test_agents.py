@@ -143,7 +143,7 @@ async def test_an_agent_not_seen_for_stale_after_s_is_stale(town: Town) -> None:
 
     assert views == {CONDUCTOR: False, "bob": False, "gone": True}
     await town.update_agent("gone", state=AgentState.STOPPED)
-    assert not (await town.get_agent("gone")).is_stale(town.config.stale_after_s)
+    assert not (await town.get_agent("gone")).is_stale(town.config.stale_after_s, at_ms=await town.now_ms())
 
 
 async def test_only_a_stopped_agent_can_be_deleted_and_its_name_is_free_again(town: Town) -> None:

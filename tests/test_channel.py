@@ -17,6 +17,7 @@ from servers import server_binary
 
 from tinytown import channel as channel_module
 from tinytown.channel import EVENTS_MAXLEN, Received
+from tinytown.connect import client_options
 from tinytown.errors import Conflict, Invalid, NotFound, Unavailable
 from tinytown.models import AgentState, MessageKind, Priority
 from tinytown.town import Town
@@ -308,18 +309,42 @@ async def test_a_receive_cancelled_while_taking_a_batch_loses_nothing(real_town:
 
 
 async def test_a_receive_whose_script_gets_no_answer_is_unavailable_not_stuck(
-    real_town: Town, monkeypatch: pytest.MonkeyPatch
+    redis_socket: str, town_name: str
 ) -> None:
-    """The shield that protects a batch in transit is bounded: a Redis that stops answering
-    (here: paused for writes) yields ``unavailable`` instead of an uncancellable wait."""
-    await _agents(real_town, "bob")
-    monkeypatch.setattr(channel_module, "SCRIPT_GRACE_S", 0.2)
-    await real_town.redis.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+    """The shield that protects a batch in transit is bounded by the client's socket timeout:
+    a Redis that stops answering (here: paused for writes) yields ``unavailable`` instead of
+    an uncancellable wait."""
+    client = Redis(unix_socket_path=redis_socket, **{**client_options(), "socket_timeout": 0.5})
+    town = Town(client, make_config(town_name))
+    await town.ensure_conductor()
+    await _agents(town, "bob")
+    await town.redis.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
     try:
-        with anyio.fail_after(2), pytest.raises(Unavailable, match="did not answer"):
-            await real_town.receive("bob", timeout_s=0)
+        with anyio.fail_after(2), pytest.raises(Unavailable, match="cannot reach Redis.*Timeout"):
+            await town.receive("bob", timeout_s=0)
     finally:
-        await real_town.redis.execute_command("CLIENT", "UNPAUSE")
+        await town.redis.execute_command("CLIENT", "UNPAUSE")
+        await client.aclose()
+
+
+async def test_a_script_redis_runs_after_its_deadline_changes_nothing(
+    town: Town, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every script call carries a deadline on Redis's clock; past it the script answers
+    ``unavailable`` and writes nothing (here every deadline is already past when it runs)."""
+    await _agents(town, "bob")
+    sent = await town.send("conductor", "bob", "still here")
+    monkeypatch.setattr(channel_module, "SCRIPT_BUDGET_S", -1.0)
+
+    with pytest.raises(Unavailable, match="after its caller had given up"):
+        await town.receive("bob", timeout_s=0)
+    with pytest.raises(Unavailable, match="after its caller had given up"):
+        await town.send("conductor", "bob", "never stored")
+
+    monkeypatch.setattr(channel_module, "SCRIPT_BUDGET_S", 4.0)
+    got = await town.receive("bob", timeout_s=0)
+    assert [m.id for m in got.messages] == [sent.message.id]
+    assert got.messages[0].delivery_count == 1
 
 
 async def test_progress_is_reported_while_a_receive_waits(real_town: Town) -> None:

@@ -9,6 +9,19 @@ list (trimmed to one token).  ``receive`` first pops atomically; when the inbox 
 waits on ``BLPOP bell`` — inside Redis, no polling — and pops again when it wakes.  A
 message that lands between the pop and the BLPOP leaves its token behind, so the BLPOP
 returns at once: nothing is missed.  Cancelling the wait pops nothing from the inbox.
+
+Every call is bounded: the client's socket timeout (:data:`CALL_TIMEOUT_S`) cuts a call to a
+stalled Redis, blocking commands wait in slices shorter than that, and every script call
+carries a deadline on Redis's clock a little earlier than the client gives up, so a script
+Redis runs late (after a stall, or whose reply was lost) changes nothing.  Redis's clock is
+estimated here from one ``TIME`` call plus the local monotonic clock (re-read every
+:data:`CLOCK_RESYNC_S`); no decision depends on this machine's wall clock.
+
+Batches: every receive tags what it delivers with a batch id ``"<session>/<n>"``.  The
+Channel remembers, per agent and session, the last batch it returned to its caller; the next
+receive of that session acknowledges exactly that batch (:meth:`Channel.unseen` takes it
+back when the caller learns its client never saw it) and puts back any other batch the
+session was given but did not acknowledge.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,14 +38,21 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from tinytown.errors import Unavailable, translate_redis_error, wrap_redis_errors
+from tinytown.errors import translate_redis_error, wrap_redis_errors
 from tinytown.keys import Keys
-from tinytown.models import PRIORITY_ORDER, Event, InboxCounts, Message, now_ms
+from tinytown.models import PRIORITY_ORDER, Event, InboxCounts, Message
 from tinytown.scripts import TOWN_LUA
 
 EVENTS_MAXLEN = 10_000
 PROGRESS_EVERY_S = 10.0
-SCRIPT_GRACE_S = 10.0  # longest a shielded receive script may take
+CALL_TIMEOUT_S = 5.0
+"""The client gives up on any Redis call after this long (socket timeout): ``unavailable``."""
+SCRIPT_BUDGET_S = 4.0
+"""A script's deadline, from the moment it is sent: earlier than :data:`CALL_TIMEOUT_S`, so a
+script that ran in time has its reply back before the client gives up."""
+BLOCK_SLICE_S = 2.0
+"""The longest single blocking command (BLPOP, XREAD BLOCK): well under the call timeout."""
+CLOCK_RESYNC_S = 30.0
 
 ProgressCallback = Callable[[float, float], Awaitable[None]]
 
@@ -56,6 +77,8 @@ class Plan:
     send: list[list[Any]] = field(default_factory=list)
     events: list[list[Any]] = field(default_factory=list)
     number: list[list[str]] = field(default_factory=list)
+    stamp: list[list[Any]] = field(default_factory=list)
+    """``[key, field]`` pairs set to Redis's clock (``last_seen``): never a client's time."""
 
     def guard(self, key: str, fld: str, allowed: Sequence[str], code: str, sentence: str) -> None:
         self.guards.append([key, fld, list(allowed), code, sentence])
@@ -80,6 +103,8 @@ class Received:
     timed_out: bool
     inbox: InboxCounts = field(default_factory=InboxCounts)
     """The receiver's mailbox right after this batch was taken."""
+    batch: str = ""
+    """The batch id the messages were delivered under (see :meth:`Channel.unseen`)."""
 
 
 class Channel:
@@ -94,22 +119,44 @@ class Channel:
         # message bodies in one receive batch (0: no cap); the rest waits for the next receive
         self.max_receive_bytes = max_receive_bytes
         self._sha = hashlib.sha1(TOWN_LUA.encode()).hexdigest()
+        self._clock: tuple[float, float] | None = None  # (monotonic s, Redis ms) at one instant
+        self._delivered: dict[tuple[str, str], str] = {}  # (agent id, session) -> last batch
 
     async def _run(self, op: str, *args: Any) -> Any:
-        """EVALSHA the town script (loading it on NOSCRIPT).  Called directly, without a
-        wrapper object or context manager: this is every send's and receive's path."""
+        """EVALSHA the town script (loading it on NOSCRIPT) with a deadline on Redis's clock.
+        Called directly, without a wrapper object or context manager: this is every send's
+        and receive's path."""
         try:
+            deadline = await self._deadline()
             try:
                 return await self.redis.evalsha(
-                    self._sha, 1, self.keys.seq, op, self.keys.prefix, now_ms(), *args
+                    self._sha, 1, self.keys.seq, op, self.keys.prefix, deadline, *args
                 )
             except NoScriptError:
                 self._sha = await self.redis.script_load(TOWN_LUA)
                 return await self.redis.evalsha(
-                    self._sha, 1, self.keys.seq, op, self.keys.prefix, now_ms(), *args
+                    self._sha, 1, self.keys.seq, op, self.keys.prefix, await self._deadline(), *args
                 )
         except RedisError as exc:
             raise translate_redis_error(exc) from exc
+
+    async def _deadline(self) -> int:
+        return int(await self.now_ms() + SCRIPT_BUDGET_S * 1000)
+
+    async def now_ms(self) -> int:
+        """Redis's clock now (ms), estimated from a recent ``TIME`` and the monotonic clock.
+
+        Raises:
+            Unavailable: Redis does not answer.
+        """
+        mono = time.monotonic()
+        if self._clock is None or mono - self._clock[0] > CLOCK_RESYNC_S:
+            async with wrap_redis_errors():
+                seconds, micros = await self.redis.time()
+            after = time.monotonic()
+            self._clock = ((mono + after) / 2, int(seconds) * 1000 + int(micros) / 1000)
+            mono = after
+        return int(self._clock[1] + (mono - self._clock[0]) * 1000)
 
     async def send(self, sender: str, target: str, message: Message) -> list[str]:
         """Enqueue ``message`` for agent name ``target`` (``"*"``: every live agent but the
@@ -136,6 +183,7 @@ class Channel:
         redelivery_after_s: float,
         session: str | None = None,
         ack_previous: bool = True,
+        batch: str | None = None,
         progress: ProgressCallback | None = None,
         progress_every_s: float = PROGRESS_EVERY_S,
     ) -> Received:
@@ -144,61 +192,93 @@ class Channel:
         A batch holds at most ``max_messages`` messages whose bodies total at most
         ``max_receive_bytes`` (always at least one message); the rest stays queued.
 
-        The batch moves atomically into the agent's in-flight set; it is acknowledged by
-        the next receive (when ``ack_previous``), by :meth:`ack`, or redelivered to the
-        front of the inbox after ``redelivery_after_s``.  Waiting happens in slices of
-        ``progress_every_s`` so ``progress(elapsed, total)`` can be reported.
+        The batch moves atomically into the agent's in-flight set under the batch id
+        ``"<session>/<batch>"`` (``batch``: a fresh id when not given).  With
+        ``ack_previous``, the batch this Channel last returned for the same agent and session
+        is acknowledged first, and any other batch of that session still in flight goes back
+        to the front of the inbox (its caller never saw it).  Otherwise messages stay in
+        flight until :meth:`ack`, or are redelivered after ``redelivery_after_s``.
+
+        This receive becomes the agent's one waiting receive: an older one still waiting
+        ends with ``conflict``.  Waiting happens in slices of at most
+        :data:`BLOCK_SLICE_S`; ``progress(elapsed, total)`` is awaited every
+        ``progress_every_s`` while it waits.
 
         Raises:
-            Conflict: a newer session of the agent owns the mailbox.
+            Conflict: a newer session owns the mailbox, or a newer receive replaced this one.
+            Unavailable: Redis did not answer within the call bound.
         """
         started = time.monotonic()
         deadline = started + max(0.0, timeout_s)
         bell = self.keys.bell(agent_id)
+        key = (agent_id, session or "")
+        tag = f"{session or ''}/{batch or uuid.uuid4().hex}"
+        ack_batch = self._delivered.get(key, "") if ack_previous else ""
+        reported = started
+        first = True
         while True:
+            final = time.monotonic() >= deadline
             # Shielded: a cancel landing while the script runs would drop a batch that Redis
-            # already moved to in-flight, and the next receive would ack it unseen (lost).
-            # Bounded, so a Redis that stopped answering cannot make a receive uncancellable.
+            # already moved to in-flight.  Bounded by the call timeout (a stalled Redis), and
+            # a script Redis runs after that deadline changes nothing.
             rows: Any = None
-            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + SCRIPT_GRACE_S):
+            with anyio.CancelScope(shield=True):
                 rows = await self._run(
-                    "receive",
-                    agent_id,
-                    session or "",
-                    max_messages,
-                    int(redelivery_after_s * 1000),
-                    "1" if ack_previous else "0",
-                    EVENTS_MAXLEN,
-                    self.max_receive_bytes,
+                    "receive", agent_id, session or "", max_messages,
+                    int(redelivery_after_s * 1000), "1" if ack_previous else "0", EVENTS_MAXLEN,
+                    self.max_receive_bytes, tag, ack_batch, "1" if first else "0",
+                    "1" if final else "0",
                 )
-            if rows is None:
-                raise Unavailable(f"Redis did not answer a receive within {SCRIPT_GRACE_S:g} s")
-            ack_previous = False
+            if first and ack_batch and self._delivered.get(key) == ack_batch:
+                del self._delivered[key]
+            first = False
             counts, rows = _counts(rows[0]), rows[1]
             if rows:
                 received = Received(
-                    [_message_from_row(row) for row in rows], timed_out=False, inbox=counts
+                    [_message_from_row(row) for row in rows], timed_out=False, inbox=counts,
+                    batch=tag,
                 )
                 try:
                     await anyio.lowlevel.checkpoint()
                 except anyio.get_cancelled_exc_class():
                     # cancelled meanwhile: nobody will see this batch, so put it back
                     with anyio.CancelScope(shield=True):
-                        await self.requeue(agent_id)
+                        await self.requeue_batch(agent_id, tag)
                     raise
+                if ack_previous:
+                    self._delivered[key] = tag
                 return received
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if final:
                 return Received([], timed_out=True, inbox=counts)
-            wait = min(remaining, progress_every_s)
+            now = time.monotonic()
+            wait = min(deadline - now, BLOCK_SLICE_S, progress_every_s)
             async with wrap_redis_errors():
                 # BLPOP takes seconds as a float (Redis >= 6); 0 would mean forever.
                 rang = await self.redis.blpop([bell], timeout=max(wait, 0.01))
             # Progress only while more waiting follows: once the deadline has passed the
             # result is decided, and a notification racing it is one the client has already
             # forgotten the token of (Claude Code logs it as an unknown token).
-            if rang is None and progress is not None and time.monotonic() < deadline:
-                await progress(time.monotonic() - started, timeout_s)
+            now = time.monotonic()
+            if (rang is None and progress is not None and now < deadline
+                    and now - reported >= progress_every_s * 0.999):
+                reported = now
+                await progress(now - started, timeout_s)
+
+    def unseen(self, agent_id: str, session: str | None, batch: str) -> None:
+        """The caller learnt that its client never saw ``batch`` (it gave up on the call):
+        the next receive must not acknowledge it.  Synchronous, so it takes effect before any
+        later call of the same session; :meth:`requeue_batch` puts the batch back now."""
+        key = (agent_id, session or "")
+        if self._delivered.get(key) == batch:
+            del self._delivered[key]
+
+    async def requeue_batch(self, agent_id: str, batch: str) -> int:
+        """Put back the messages of ``batch`` still in flight (front of the inbox)."""
+        return int(await self._run("requeue_batch", agent_id, batch))
+
+    async def touch(self, agent_id: str) -> None:
+        """``last_seen`` = Redis's clock now (a heartbeat)."""
+        await self._run("touch", agent_id)
 
     async def ack(self, agent_id: str, message_ids: Sequence[str]) -> int:
         """Acknowledge in-flight messages; unknown or already-acked ids are ignored.
@@ -239,6 +319,7 @@ class Channel:
             "send": plan.send,
             "events": plan.events,
             "number": plan.number,
+            "stamp": plan.stamp,
             "max_inbox": self.max_inbox,
             "maxlen": EVENTS_MAXLEN,
         }
@@ -294,11 +375,11 @@ class Channel:
         return [_event(eid, fields) for eid, fields in rows]
 
     async def wait_events(self, after: str, block_s: float) -> list[Event]:
-        """Events after id ``after`` (``"$"``: only new ones), waiting up to ``block_s``."""
+        """Events after id ``after`` (``"$"``: only new ones), waiting up to ``block_s`` (at
+        most :data:`BLOCK_SLICE_S`: callers loop)."""
+        block_ms = max(1, int(min(block_s, BLOCK_SLICE_S) * 1000))
         async with wrap_redis_errors():
-            reply = await self.redis.xread(
-                {self.keys.events: after}, block=max(1, int(block_s * 1000)), count=100
-            )
+            reply = await self.redis.xread({self.keys.events: after}, block=block_ms, count=100)
         if not reply:
             return []
         return [_event(eid, fields) for _stream, rows in reply for eid, fields in rows]

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from tinytown.channel import CALL_TIMEOUT_S
 from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Unavailable, wrap_redis_errors
 from tinytown.masking import mask_url
 from tinytown.redis_server import ManagedRedis
 
-# Blocking receives wait up to 300 s in slices of 10 s; redis-py 8 would cut any command
-# at 5 s by default, so reads never time out on the client side (None).
+# Every call is bounded: a stalled or unreachable Redis gives ``unavailable`` within
+# CALL_TIMEOUT_S, and the next call reconnects by itself.  Blocking commands wait in slices
+# shorter than that (channel.BLOCK_SLICE_S).  redis-py 8 retries timeouts and dropped
+# connections ten times by default, which turns a 5 s bound into a minute: here a call is
+# retried once, and only when its connection dropped (the town script makes that retry
+# harmless: a send already stored and a receive already answered are not done twice, and a
+# script that runs past its deadline changes nothing).
 CONNECT_TIMEOUT_S = 5.0
+
+
+def client_options() -> dict[str, Any]:
+    """The bounds every Tinytown Redis client gets."""
+    return {
+        "decode_responses": True, "socket_timeout": CALL_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=(RedisConnectionError,)),
+    }
 
 
 def managed_redis(config: TownConfig, paths: TownPaths) -> ManagedRedis:
@@ -21,10 +41,7 @@ def managed_redis(config: TownConfig, paths: TownPaths) -> ManagedRedis:
 
 def client_for_url(url: str) -> Redis:
     """A client for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL with credentials."""
-    return Redis.from_url(
-        url, decode_responses=True, socket_timeout=None, socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=30,
-    )
+    return Redis.from_url(url, health_check_interval=30, **client_options())
 
 
 async def connect_redis(config: TownConfig, paths: TownPaths, *, start: bool = True) -> tuple[Redis, str]:
@@ -45,10 +62,7 @@ async def connect_redis(config: TownConfig, paths: TownPaths, *, start: bool = T
             await anyio.to_thread.run_sync(server.ensure_running)
         elif not await anyio.to_thread.run_sync(server.is_running):
             raise Unavailable(f"the managed Redis of {paths.root} is not running; start it with `tt up`")
-        client = Redis(
-            unix_socket_path=server.connect_path(), decode_responses=True, socket_timeout=None,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-        )
+        client = Redis(unix_socket_path=server.connect_path(), **client_options())
         display = f"managed {server.url}"
     try:
         async with wrap_redis_errors():

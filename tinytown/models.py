@@ -7,6 +7,7 @@ field); :meth:`to_redis` / :meth:`from_redis` are the only place that knows that
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from enum import StrEnum
@@ -37,8 +38,14 @@ MAX_RECEIVE_TIMEOUT_S = 300.0
 """The longest a receive may wait; MCP client configs set their tool timeouts above it."""
 
 
+_TEST_CLOCK_SKEW_MS = int(float(os.environ.get("TINYTOWN_TEST_CLOCK_SKEW_S") or 0) * 1000)
+"""Set only by the fault tests, to run a process whose clock is off: nothing that decides
+liveness, staleness or redelivery may depend on this machine's clock (Redis's is used)."""
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    """This machine's clock (ms): for display and record timestamps only."""
+    return int(time.time() * 1000) + _TEST_CLOCK_SKEW_MS
 
 
 class AgentState(StrEnum):
@@ -169,11 +176,12 @@ class Agent(Record):
     max_rounds: int | None = None
     spawned_by: str | None = None
 
-    def is_stale(self, stale_after_s: float, at_ms: int | None = None) -> bool:
-        """Not seen for ``stale_after_s`` while claiming to be alive."""
+    def is_stale(self, stale_after_s: float, *, at_ms: int) -> bool:
+        """Not seen for ``stale_after_s`` at ``at_ms`` (Redis's clock, which stamps
+        ``last_seen``) while claiming to be alive."""
         if self.state in (AgentState.STOPPED, AgentState.ERROR) or self.name == CONDUCTOR:
             return False
-        return ((at_ms or now_ms()) - self.last_seen) > stale_after_s * 1000
+        return (at_ms - self.last_seen) > stale_after_s * 1000
 
 
 class Task(Record):

@@ -3,12 +3,15 @@
 One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
 
 ``send``      enqueue one message, or a copy for every live agent (``to = "all"``)
-``receive``   implicit ack of the caller's in-flight messages, redelivery of overdue
+``receive``   supersede the agent's older waiting receive, acknowledge the batch this
+              session's client saw and put back the ones it did not, redeliver overdue
               in-flight messages, then pop up to N ids (highest priority first, FIFO inside
               one; message bodies up to a byte cap, at least one message) into the caller's
-              in-flight set; an assignment it delivers marks the task
-              ``running``.  Returns ``{counts, messages}``: the caller's inbox counts come
-              with the batch, so a receive needs no second call to report them
+              in-flight set, tagged with the receive's batch id; an assignment it delivers
+              marks the task ``running``.  Returns ``{counts, messages}``: the caller's inbox
+              counts come with the batch
+``requeue_batch`` put one batch's unacknowledged messages back (its client never saw it)
+``touch``     ``last_seen`` = now, a sign of life
 ``ack``       acknowledge in-flight messages by id
 ``requeue``   put every in-flight message of an agent back at the front of its inbox
 ``counts``    the lengths of an agent's four inbox lists and of its in-flight set
@@ -19,6 +22,11 @@ One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
 Every check runs before the first write, so an error leaves nothing half-written.  Errors
 are replies of the form ``"<code>: <sentence>"`` (see :mod:`tinytown.errors`).
 
+Every call passes ``ARGV[3]``, a deadline on Redis's clock (ms; 0 = none): a script Redis runs
+after its caller gave up on it (Redis was stalled, or the reply was lost) returns
+``unavailable`` and changes nothing.  Every timestamp a script writes or compares comes
+from Redis ``TIME``, never from a client's clock.
+
 ``KEYS[1]`` is the town's ``seq`` key; every other key is derived from the prefix in
 ``ARGV[2]`` and carries the same ``{town}`` hash tag, so all of them live in KEYS[1]'s slot.
 """
@@ -28,6 +36,20 @@ from __future__ import annotations
 TOWN_LUA = r"""
 local OP = ARGV[1]
 local P = ARGV[2]
+-- Time is Redis's own clock, never a client's: liveness, staleness and redelivery compare
+-- timestamps that different machines wrote.  Redis 6.2 replicates a script that read TIME
+-- by its effects only when asked to (7.x always does; the call is a no-op there).
+if redis.replicate_commands then redis.replicate_commands() end
+local CLOCK = redis.call('TIME')
+local NOW = tonumber(CLOCK[1]) * 1000 + math.floor(tonumber(CLOCK[2]) / 1000)
+-- A caller gives up on a call after a bound; a script Redis runs after that (it was
+-- stalled, or the reply was lost) must change nothing, so every call carries the deadline
+-- (Redis ms) past which it is void.
+local DEADLINE = tonumber(ARGV[3]) or 0
+if DEADLINE > 0 and NOW > DEADLINE then
+  return redis.error_reply('unavailable: Redis ran this step ' .. (NOW - DEADLINE) ..
+    ' ms after its caller had given up on it; nothing was changed')
+end
 local PRIOS = {'urgent', 'high', 'normal', 'low'}
 local ACKED_TTL = 86400
 
@@ -137,9 +159,11 @@ local function requeue_due(now, limit, redeliver_ms)
   return #due / 2
 end
 
--- ARGV: now, max_inbox, maxlen, sender name, msg (json fields, with id/to/priority), target
+-- ARGV: deadline, max_inbox, maxlen, sender name, msg (json fields, with id/to/priority), target
 -- target = agent name, or '*' for every agent that is not stopped (except the sender).
 -- Names, the task and the replied-to message are checked here: a send is one round trip.
+-- A send whose message is stored already (redis-py retried after a lost reply) stores
+-- nothing again.
 if OP == 'send' then
   local max_inbox = tonumber(ARGV[4])
   local maxlen = ARGV[5]
@@ -171,14 +195,23 @@ if OP == 'send' then
   else
     targets[1] = {target, ARGV[8]}
   end
+  local ids = {}
+  local base = msg['id']
+  local retried = false
+  for _, t in ipairs(targets) do
+    local id = base
+    if target == '*' then id = base .. '.' .. t[2] end
+    ids[#ids + 1] = id
+    if redis.call('EXISTS', P .. 'msg:' .. id) == 1 then retried = true end
+  end
+  if retried then return ids end
   for _, t in ipairs(targets) do
     if inbox_size(t[1]) >= max_inbox then
       return fail('invalid', 'the inbox of ' .. t[2] .. ' is full (' .. max_inbox ..
         ' pending messages); nothing was sent')
     end
   end
-  local ids = {}
-  local base = msg['id']
+  ids = {}
   local tid = thread_of(msg)
   for _, t in ipairs(targets) do
     local copy = {}
@@ -198,35 +231,65 @@ if OP == 'send' then
   return ids
 end
 
--- ARGV: now, agent, session, max, redelivery_ms, ack_previous, maxlen, max_bytes
+-- ARGV: deadline, agent, session, max, redelivery_ms, ack_previous, maxlen, max_bytes, batch,
+--       ack_batch, claim, release
+-- batch: this receive's tag ("<session>/<n>"), written on every message it delivers, so a
+-- batch can be acknowledged or put back as a whole.  claim ('1' on a receive's first call)
+-- makes it the agent's one waiting receive: an older one still waiting is woken and finds
+-- itself superseded.  With ack_previous the batch ack_batch (the one this session's client
+-- saw) is acknowledged and every other batch this session was given and not acknowledged —
+-- answered to a client that had given up, cancelled, superseded — goes back to the front.
+-- A retry of the same call (its reply was lost) gets the same batch again, not a second one.
 if OP == 'receive' then
-  local now = tonumber(ARGV[3])
+  local now = NOW
   local agent = ARGV[4]
   local session = ARGV[5]
   local max = tonumber(ARGV[6])
   local redeliver_ms = tonumber(ARGV[7])
   local ack_previous = ARGV[8] == '1'
   local maxlen = ARGV[9]
+  local batch = ARGV[11]
+  local ack_batch = ARGV[12]
+  local claim = ARGV[13] == '1'
+  local release = ARGV[14] == '1'
   local akey = P .. 'agent:' .. agent
+  local rkey = P .. 'receiver:' .. agent
   local a = redis.call('HMGET', akey, 'name', 'session', 'state')
   if not a[1] then return fail('not_found', 'this agent is no longer registered') end
   if session ~= '' and a[2] and a[2] ~= session then
     return fail('conflict', 'a newer session of ' .. a[1] .. ' took over its mailbox; ' ..
       'this session no longer receives')
   end
-  -- the caller's own implicit ack first: it is alive and done with that batch, even if
-  -- the batch is overdue; only then redeliver what others left overdue
-  local held = 0
-  if ack_previous then
-    for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
-      redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
-      redis.call('EXPIRE', P .. 'msg:' .. id, ACKED_TTL)
+  if claim then
+    local old = redis.call('GET', rkey)
+    if old and old ~= batch then ring(agent) end
+    redis.call('SET', rkey, batch)
+  elseif redis.call('GET', rkey) ~= batch then
+    -- pass on a wake-up this receive may have taken from its successor
+    if inbox_size(agent) > 0 then ring(agent) end
+    return fail('conflict', 'a newer receive of ' .. a[1] .. ' replaced this one (one receive ' ..
+      'waits per agent at a time); nothing was taken')
+  end
+  local again = {}
+  local back = {}
+  local mine = session .. '/'
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
+    local tag = redis.call('HGET', P .. 'msg:' .. id, 'batch')
+    if tag == batch then again[#again + 1] = id
+    elseif ack_previous and tag and tag == ack_batch then forget(agent, id)
+    elseif ack_previous and session ~= '' and tag and string.sub(tag, 1, #mine) == mine then
+      back[#back + 1] = id
     end
-    redis.call('DEL', P .. 'inflight:' .. agent)
+  end
+  if #back > 0 then requeue_ids(agent, back) end
+  local out = {}
+  if #again > 0 then
+    for _, id in ipairs(again) do out[#out + 1] = redis.call('HGETALL', P .. 'msg:' .. id) end
+    if redis.call('GET', rkey) == batch then redis.call('DEL', rkey) end
+    return {mailbox_counts(agent), out}
   end
   requeue_due(now, 100, redeliver_ms)
-  if not ack_previous then held = redis.call('ZCARD', P .. 'inflight:' .. agent) end
-  local out = {}
+  local held = redis.call('ZCARD', P .. 'inflight:' .. agent)
   -- bodies up to max_bytes per batch (0: no cap); the message that would pass it stays at
   -- the head of its list for the next receive, so one batch always holds at least one
   local max_bytes = tonumber(ARGV[10] or '0') or 0
@@ -250,6 +313,7 @@ if OP == 'receive' then
         local m = {}
         for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
         local count = redis.call('HINCRBY', mkey, 'delivery_count', 1)
+        redis.call('HSET', mkey, 'batch', batch)
         for i = 1, #fields, 2 do
           if fields[i] == 'delivery_count' then fields[i + 1] = tostring(count) end
         end
@@ -289,12 +353,31 @@ if OP == 'receive' then
   -- fewer than asked means every list is empty now: the bell has nothing to announce
   -- (a full batch leaves it; a spurious wake costs one empty pop, never a lost message)
   if #out < max and not full then redis.call('DEL', P .. 'bell:' .. agent) end
+  if (#out > 0 or release) and redis.call('GET', rkey) == batch then redis.call('DEL', rkey) end
   redis.call('HSET', akey, 'last_seen', now)
   if a[3] == 'starting' then redis.call('HSET', akey, 'state', 'idle') end
   return {mailbox_counts(agent), out}
 end
 
--- ARGV: now, agent, id...
+-- ARGV: deadline, agent, batch -> how many of that batch's unacknowledged messages went back
+if OP == 'requeue_batch' then
+  local agent = ARGV[4]
+  local back = {}
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
+    if redis.call('HGET', P .. 'msg:' .. id, 'batch') == ARGV[5] then back[#back + 1] = id end
+  end
+  return requeue_ids(agent, back)
+end
+
+-- ARGV: deadline, agent: a sign of life, stamped with Redis's clock
+if OP == 'touch' then
+  local akey = P .. 'agent:' .. ARGV[4]
+  if redis.call('EXISTS', akey) == 0 then return fail('not_found', 'this agent is no longer registered') end
+  redis.call('HSET', akey, 'last_seen', NOW)
+  return NOW
+end
+
+-- ARGV: deadline, agent, id...
 if OP == 'ack' then
   local agent = ARGV[4]
   local n = 0
@@ -306,20 +389,20 @@ if OP == 'ack' then
   return n
 end
 
--- ARGV: now, agent -> {urgent, high, normal, low, in_flight}
+-- ARGV: deadline, agent -> {urgent, high, normal, low, in_flight}
 if OP == 'counts' then
   return mailbox_counts(ARGV[4])
 end
 
--- ARGV: now, agent
+-- ARGV: deadline, agent
 if OP == 'requeue' then
   local agent = ARGV[4]
   return requeue_ids(agent, redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1))
 end
 
--- ARGV: now, agent, task_id or '', maxlen, session ('' = the agent's current one)
+-- ARGV: deadline, agent, task_id or '', maxlen, session ('' = the agent's current one)
 if OP == 'claim' then
-  local now = ARGV[3]
+  local now = NOW
   local agent = ARGV[4]
   local task_id = ARGV[5]
   local maxlen = ARGV[6]
@@ -354,13 +437,14 @@ if OP == 'claim' then
   return task_id
 end
 
--- ARGV: now, plan (json)
+-- ARGV: deadline, plan (json)
 -- plan = {guards = {{key, field, any = {values; '' = absent}}}, max_inbox, maxlen,
 --         limits = {{zset key, most members, code, sentence}},
 --         ack = {{agent, message id, priority}}  (acknowledged wherever it is: in flight or queued),
 --         hset = {{key, fields}}, hdel = {{key, fields}}, hincr = {{key, field, by}},
 --         zadd = {{key, score, member}}, zrem = {{key, member}}, del = {key},
 --         send = {{agent, fields}}, events = {{type, data}}, conflict = sentence,
+--         stamp = {{key, field}}: set to Redis's clock (last_seen and the like),
 --         number = {{counter, index, task key, task id}}}
 -- number: each new task gets the next per-town number (field "number" and index
 -- number -> id) in this same write; the reply is the list of numbers given
@@ -391,6 +475,7 @@ if OP == 'apply' then
   for _, h in ipairs(plan.hdel or {}) do
     if #h[2] > 0 then redis.call('HDEL', P .. h[1], unpack(h[2])) end
   end
+  for _, h in ipairs(plan.stamp or {}) do redis.call('HSET', P .. h[1], h[2], NOW) end
   for _, h in ipairs(plan.hincr or {}) do redis.call('HINCRBY', P .. h[1], h[2], h[3]) end
   for _, z in ipairs(plan.zrem or {}) do redis.call('ZREM', P .. z[1], z[2]) end
   for _, z in ipairs(plan.zadd or {}) do redis.call('ZADD', P .. z[1], z[2], z[3]) end

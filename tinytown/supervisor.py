@@ -109,10 +109,12 @@ class LifecycleOps:
             max_rounds: int | None = None, spawned_by: str | None = None, exist_ok: bool = False,
         ) -> Agent: ...
         async def update_agent(
-            self, name: str, *, expect_state: Sequence[AgentState] | None = None, **fields: Any
+            self, name: str, *, expect_state: Sequence[AgentState] | None = None, touch: bool = False,
+            **fields: Any,
         ) -> Agent: ...
         async def delete_agent(self, name: str) -> None: ...
         async def requeue_in_flight(self, agent: str) -> int: ...
+        async def now_ms(self) -> int: ...
         async def in_flight(self, agent: str) -> list[Message]: ...
         async def inbox_counts(self, agent: str) -> InboxCounts: ...
         async def reclaim_tasks(self, agent: str, to: str | None = None) -> list[Task]: ...
@@ -387,10 +389,12 @@ class LifecycleOps:
             pruned.append(agent.name)
         return pruned
 
-    def _is_gone(self, agent: Agent) -> bool:
+    def _is_gone(self, agent: Agent, now_ms: int) -> bool:
+        """``now_ms``: Redis's clock (a machine whose own clock is ahead must not see live
+        agents as stale and stop them)."""
         if agent.name == CONDUCTOR:
             return False
-        if agent.state in GONE_STATES or agent.is_stale(self.config.stale_after_s):
+        if agent.state in GONE_STATES or agent.is_stale(self.config.stale_after_s, at_ms=now_ms):
             return True
         return self.runner_known_gone(agent)
 
@@ -408,15 +412,17 @@ class LifecycleOps:
         target = None
         if to is not None:
             target = await self.get_agent(to)
-            if self._is_gone(target):
+            if self._is_gone(target, await self.now_ms()):
                 raise Invalid(
                     f"agent {target.name} is {target.state.value} or stale; recover to a live agent"
                 )
         report = RecoverReport()
-        for agent in await self.list_agents():
+        agents = await self.list_agents()
+        now = await self.now_ms()
+        for agent in agents:
             if target is not None and agent.id == target.id:
                 continue
-            if not self._is_gone(agent):
+            if not self._is_gone(agent, now):
                 given = await self.handback.give_back(agent.name, held_elsewhere_only=True)
                 report.given_back += [{"task_id": t.id, "agent": agent.name} for t in given]
                 continue

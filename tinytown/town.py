@@ -69,6 +69,8 @@ class AgentView(BaseModel):
 
 
 class TownStatus(BaseModel):
+    now: int
+    """Redis's clock (ms) when the status was taken: what staleness and ages are measured against."""
     town: str
     root: str | None
     redis: str
@@ -264,6 +266,7 @@ class Town(TaskOps, LifecycleOps):
             # conductor counts among the agents)
             plan.limit(self._k(self.keys.agents), self.config.max_agents + 1, "invalid", full)
         plan.hset.append([self._k(self.keys.agent(agent.id)), agent.to_redis()])
+        plan.stamp.append([self._k(self.keys.agent(agent.id)), "last_seen"])
         plan.hset.append([self._k(self.keys.agent_names), {key: agent.id}])
         plan.zadd.append([self._k(self.keys.agents), seq, agent.id])
         plan.event("agent.registered", agent=key, cli=cli, role=role)
@@ -276,9 +279,11 @@ class Town(TaskOps, LifecycleOps):
         return agent
 
     async def update_agent(
-        self, name: str, *, expect_state: Sequence[AgentState] | None = None, **fields: Any
+        self, name: str, *, expect_state: Sequence[AgentState] | None = None, touch: bool = False,
+        **fields: Any,
     ) -> Agent:
         """Set fields of an agent record (``None`` deletes a field); emits a state event.
+        ``touch`` also sets ``last_seen`` to now on Redis's clock.
 
         Only the given fields are written, so concurrent writers of other fields (a runner
         and ``tt pause``, a spawner recording the pid) never undo each other.  With
@@ -304,15 +309,21 @@ class Town(TaskOps, LifecycleOps):
                        f"agent {agent.name} changed state meanwhile; not {' or '.join(allowed)}")
         plan.hset.append([key, {k: v for k, v in updated.to_redis().items() if k in fields}])
         plan.hdel.append([key, [f for f, v in fields.items() if v is None]])
+        if touch:
+            plan.stamp.append([key, "last_seen"])
         if "state" in fields and updated.state != agent.state:
             plan.event(f"agent.{updated.state.value}", agent=agent.name, previous=agent.state.value)
         await self.channel.apply(plan)
         return updated
 
     async def heartbeat(self, name: str) -> None:
-        agent_id = await self._agent_id(name)
-        async with wrap_redis_errors():
-            await self.redis.hset(self.keys.agent(agent_id), "last_seen", str(now_ms()))
+        """``last_seen`` = now, on Redis's clock."""
+        await self._with_agent_id(name, self.channel.touch)
+
+    async def now_ms(self) -> int:
+        """Redis's clock (ms): what ``last_seen`` and redelivery times are stamped with, so
+        staleness is judged the same from every machine whatever its own clock says."""
+        return await self.channel.now_ms()
 
     async def open_session(
         self,
@@ -367,10 +378,10 @@ class Town(TaskOps, LifecycleOps):
                 "--take-over`"
             )
         session = session or uuid.uuid4().hex
-        fields: dict[str, Any] = {"session": session, "last_seen": now_ms()}
+        fields: dict[str, Any] = {"session": session}
         if agent.state in (AgentState.STOPPED, AgentState.ERROR, AgentState.STARTING):
             fields["state"] = AgentState.IDLE
-        agent = await self.update_agent(agent.name, **fields)
+        agent = await self.update_agent(agent.name, touch=True, **fields)
         async with wrap_redis_errors():
             await self.redis.delete(self.keys.round(agent.id))
         requeued = await self.channel.requeue(agent.id)
@@ -494,20 +505,28 @@ class Town(TaskOps, LifecycleOps):
         max_messages: int = 10,
         session: str | None = None,
         ack_previous: bool = True,
+        batch: str | None = None,
         progress: ProgressCallback | None = None,
         progress_every_s: float = PROGRESS_EVERY_S,
     ) -> Received:
         """Block until messages for ``agent`` arrive (highest priority first) or time out.
 
-        Acknowledges the batch this agent received before (unless ``ack_previous`` is
-        false).  One batch holds message bodies up to ``[limits] max_receive_bytes`` in
-        total (at least one message); what does not fit stays queued for the next receive.
-        A timeout is a normal result with ``timed_out`` set.  While waiting,
-        ``progress(elapsed_s, timeout_s)`` is awaited every ``progress_every_s``.
+        With ``ack_previous`` (the MCP ``receive``), the batch this Town last returned to
+        the same ``agent`` and ``session`` is acknowledged — the caller saw it — unless
+        :meth:`unseen` took it back; any other batch of that session still in flight goes
+        back to the inbox.  Without, messages stay in flight until :meth:`ack` (the runner,
+        ``tt receive``).  ``batch`` names this receive's batch (``Received.batch``), so a
+        face can call :meth:`unseen` for it when its client gives up.  A newer receive of the
+        same agent replaces this one if it still waits.  One batch holds message bodies up
+        to ``[limits] max_receive_bytes`` in total (at least one message); what does not fit
+        stays queued for the next receive.  A timeout is a normal result with
+        ``timed_out`` set.  While waiting, ``progress(elapsed_s, timeout_s)`` is awaited
+        every ``progress_every_s``.
 
         Raises:
             Invalid: timeout outside 0..300 s or batch outside 1..100.
-            Conflict: ``session`` is no longer the agent's live session.
+            Conflict: ``session`` is no longer the agent's live session, or a newer receive
+                of the agent replaced this one.
         """
         if not 0 <= timeout_s <= MAX_RECEIVE_TIMEOUT_S:
             raise Invalid(f"timeout_s must be between 0 and {MAX_RECEIVE_TIMEOUT_S:g} seconds")
@@ -516,8 +535,24 @@ class Town(TaskOps, LifecycleOps):
         return await self._with_agent_id(agent, lambda agent_id: self.channel.receive(
             agent_id, timeout_s=timeout_s, max_messages=max_messages,
             redelivery_after_s=self.config.redelivery_after_s, session=session,
-            ack_previous=ack_previous, progress=progress, progress_every_s=progress_every_s,
+            ack_previous=ack_previous, batch=batch, progress=progress,
+            progress_every_s=progress_every_s,
         ))
+
+    def forget_batch(self, agent: str, session: str | None, batch: str) -> None:
+        """The client of ``session`` never saw ``batch`` (it gave up on that receive): the
+        session's next receive does not acknowledge it but puts it back.  Synchronous, so a
+        face can apply it before it reads the client's next request; :meth:`unseen` also puts
+        the batch back at once."""
+        agent_id = self._ids.get(normalise_agent_name(agent))
+        if agent_id is not None:  # no receive resolved it here: this Town returned no batch
+            self.channel.unseen(agent_id, session, batch)
+
+    async def unseen(self, agent: str, session: str | None, batch: str) -> int:
+        """:meth:`forget_batch`, and the batch's messages still in flight go back to the
+        front of the inbox now.  Returns how many went back."""
+        self.forget_batch(agent, session, batch)
+        return await self.channel.requeue_batch(await self._agent_id(agent, cached=True), batch)
 
     async def ack(self, agent: str, message_ids: Sequence[str]) -> int:
         """Acknowledge messages ``agent`` received; returns how many were still in flight."""
@@ -546,10 +581,11 @@ class Town(TaskOps, LifecycleOps):
     async def status(self) -> TownStatus:
         """Agents with their inbox counts and staleness, task counts by state."""
         agents = await self.list_agents()
+        now = await self.now_ms()
         views = [
             AgentView(
                 agent=a, inbox=await self.channel.counts(a.id),
-                stale=a.is_stale(self.config.stale_after_s),
+                stale=a.is_stale(self.config.stale_after_s, at_ms=now),
                 runner_gone=a.state not in (AgentState.STOPPED, AgentState.ERROR)
                 and self.runner_known_gone(a),
             )
@@ -566,8 +602,8 @@ class Town(TaskOps, LifecycleOps):
                     raise count
         server = ServerInfo.from_info(info) if isinstance(info, dict) else None
         return TownStatus(
-            town=self.name, root=str(self.root) if self.root else None, redis=self.redis_display,
-            server=server, agents=views,
+            now=now, town=self.name, root=str(self.root) if self.root else None,
+            redis=self.redis_display, server=server, agents=views,
             tasks={s.value: int(n) for s, n in zip(TaskState, counts, strict=True)},
         )
 

@@ -291,7 +291,7 @@ def _status_parts(current: "TownStatus", numbers: dict[str, int]) -> "list[Part]
             state_cell = (f"{agent.state.value} (stale)", "bold red")
         urgent: Cell = (str(view.inbox.urgent), "bold red") if view.inbox.urgent else "0"
         table.rows.append([
-            agent.name, state_cell, ago(agent.last_seen), str(view.inbox.pending), urgent,
+            agent.name, state_cell, ago(agent.last_seen, current.now), str(view.inbox.pending), urgent,
             str(view.inbox.in_flight), task_ref(agent.current_task, numbers),
         ])  # fmt: skip
     parts.append(table)
@@ -307,17 +307,17 @@ def list_agents(
 ) -> None:
     """The agents of the town (the conductor first)."""
 
-    async def go(town: "Town") -> tuple[list[Any], float, dict[str, int]]:
+    async def go(town: "Town") -> tuple[list[Any], float, dict[str, int], int]:
         agents = await town.list_agents(agent_state)
-        return agents, town.config.stale_after_s, await _current_numbers(town, agents)
+        return agents, town.config.stale_after_s, await _current_numbers(town, agents), await town.now_ms()
 
-    agents, stale_after_s, numbers = run(ctx, go)
+    agents, stale_after_s, numbers, at_ms = run(ctx, go)
     if json_out:
         print_json({"agents": agents})
         return
     from tinytown.cli.render import agents_table, show
 
-    show([agents_table(agents, stale_after_s, numbers)])
+    show([agents_table(agents, stale_after_s, at_ms, numbers)])
 
 
 @app.command()
