@@ -17,7 +17,7 @@ Redis runs late (after a stall, or whose reply was lost) changes nothing.  Redis
 estimated here from one ``TIME`` call plus the local monotonic clock (re-read every
 :data:`CLOCK_RESYNC_S`); no decision depends on this machine's wall clock.
 
-Batches: every receive tags what it delivers with a batch id ``"<session>/<n>"``.  The
+Batches: every receive tags what it delivers with a batch id ``"<session>/<channel>/<n>"``.  The
 Channel remembers, per agent and session, the last batch it returned to its caller; the next
 receive of that session acknowledges exactly that batch (:meth:`Channel.unseen` takes it
 back when the caller learns its client never saw it) and puts back any other batch the
@@ -121,6 +121,7 @@ class Channel:
         self._sha = hashlib.sha1(TOWN_LUA.encode()).hexdigest()
         self._clock: tuple[float, float] | None = None  # (monotonic s, Redis ms) at one instant
         self._delivered: dict[tuple[str, str], str] = {}  # (agent id, session) -> last batch
+        self._nonce = uuid.uuid4().hex[:12]  # this Channel's batches, among its session's
 
     async def _run(self, op: str, *args: Any) -> Any:
         """EVALSHA the town script (loading it on NOSCRIPT) with a deadline on Redis's clock.
@@ -193,11 +194,13 @@ class Channel:
         ``max_receive_bytes`` (always at least one message); the rest stays queued.
 
         The batch moves atomically into the agent's in-flight set under the batch id
-        ``"<session>/<batch>"`` (``batch``: a fresh id when not given).  With
+        ``"<session>/<channel>/<batch>"`` (``batch``: a fresh id when not given).  With
         ``ack_previous``, the batch this Channel last returned for the same agent and session
-        is acknowledged first, and any other batch of that session still in flight goes back
-        to the front of the inbox (its caller never saw it).  Otherwise messages stay in
-        flight until :meth:`ack`, or are redelivered after ``redelivery_after_s``.
+        is acknowledged first, and any other batch this Channel delivered for that session and
+        that is still in flight goes back to the front of the inbox (its caller never saw it;
+        batches of other processes sharing the session — a runner's round — are left alone).
+        Otherwise messages stay in flight until :meth:`ack`, or are redelivered after
+        ``redelivery_after_s``.
 
         This receive becomes the agent's one waiting receive: an older one still waiting
         ends with ``conflict``.  Waiting happens in slices of at most
@@ -212,7 +215,8 @@ class Channel:
         deadline = started + max(0.0, timeout_s)
         bell = self.keys.bell(agent_id)
         key = (agent_id, session or "")
-        tag = f"{session or ''}/{batch or uuid.uuid4().hex}"
+        mine = f"{session or ''}/{self._nonce}/"
+        tag = mine + (batch or uuid.uuid4().hex)
         ack_batch = self._delivered.get(key, "") if ack_previous else ""
         reported = started
         first = True
@@ -227,7 +231,7 @@ class Channel:
                     "receive", agent_id, session or "", max_messages,
                     int(redelivery_after_s * 1000), "1" if ack_previous else "0", EVENTS_MAXLEN,
                     self.max_receive_bytes, tag, ack_batch, "1" if first else "0",
-                    "1" if final else "0",
+                    "1" if final else "0", mine if ack_previous else "",
                 )
             if first and ack_batch and self._delivered.get(key) == ack_batch:
                 del self._delivered[key]

@@ -232,13 +232,14 @@ if OP == 'send' then
 end
 
 -- ARGV: deadline, agent, session, max, redelivery_ms, ack_previous, maxlen, max_bytes, batch,
---       ack_batch, claim, release
--- batch: this receive's tag ("<session>/<n>"), written on every message it delivers, so a
+--       ack_batch, claim, release, mine
+-- batch: this receive's tag ("<session>/<process>/<n>"), written on every message it delivers, so a
 -- batch can be acknowledged or put back as a whole.  claim ('1' on a receive's first call)
 -- makes it the agent's one waiting receive: an older one still waiting is woken and finds
 -- itself superseded.  With ack_previous the batch ack_batch (the one this session's client
--- saw) is acknowledged and every other batch this session was given and not acknowledged —
--- answered to a client that had given up, cancelled, superseded — goes back to the front.
+-- saw) is acknowledged, and every other batch whose tag starts with mine (this session in
+-- this process: a runner and its round's MCP server share a session) was given and not
+-- acknowledged — answered to a client that had given up, cancelled, superseded — goes back.
 -- A retry of the same call (its reply was lost) gets the same batch again, not a second one.
 if OP == 'receive' then
   local now = NOW
@@ -252,6 +253,7 @@ if OP == 'receive' then
   local ack_batch = ARGV[12]
   local claim = ARGV[13] == '1'
   local release = ARGV[14] == '1'
+  local mine = ARGV[15] or ''
   local akey = P .. 'agent:' .. agent
   local rkey = P .. 'receiver:' .. agent
   local a = redis.call('HMGET', akey, 'name', 'session', 'state')
@@ -272,12 +274,11 @@ if OP == 'receive' then
   end
   local again = {}
   local back = {}
-  local mine = session .. '/'
   for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
     local tag = redis.call('HGET', P .. 'msg:' .. id, 'batch')
     if tag == batch then again[#again + 1] = id
     elseif ack_previous and tag and tag == ack_batch then forget(agent, id)
-    elseif ack_previous and session ~= '' and tag and string.sub(tag, 1, #mine) == mine then
+    elseif ack_previous and mine ~= '' and tag and string.sub(tag, 1, #mine) == mine then
       back[#back + 1] = id
     end
   end
