@@ -122,6 +122,7 @@ class Channel:
         self._clock: tuple[float, float] | None = None  # (monotonic s, Redis ms) at one instant
         self._delivered: dict[tuple[str, str], str] = {}  # (agent id, session) -> last batch
         self._nonce = uuid.uuid4().hex[:12]  # this Channel's batches, among its session's
+        self._unseen: dict[str, None] = {}  # batches whose client gave up (oldest first)
 
     async def _run(self, op: str, *args: Any) -> Any:
         """EVALSHA the town script (loading it on NOSCRIPT) with a deadline on Redis's clock.
@@ -218,6 +219,8 @@ class Channel:
         mine = f"{session or ''}/{self._nonce}/"
         tag = mine + (batch or uuid.uuid4().hex)
         ack_batch = self._delivered.get(key, "") if ack_previous else ""
+        if ack_batch in self._unseen:
+            ack_batch = ""
         reported = started
         first = True
         while True:
@@ -249,7 +252,9 @@ class Channel:
                     with anyio.CancelScope(shield=True):
                         await self.requeue_batch(agent_id, tag)
                     raise
-                if ack_previous:
+                # a client may give up while the script runs: then the batch is not remembered
+                # as seen, and the next receive of the session puts it back
+                if ack_previous and tag not in self._unseen:
                     self._delivered[key] = tag
                 return received
             if final:
@@ -268,16 +273,23 @@ class Channel:
                 reported = now
                 await progress(now - started, timeout_s)
 
-    def unseen(self, agent_id: str, session: str | None, batch: str) -> None:
-        """The caller learnt that its client never saw ``batch`` (it gave up on the call):
-        the next receive must not acknowledge it.  Synchronous, so it takes effect before any
-        later call of the same session; :meth:`requeue_batch` puts the batch back now."""
+    def unseen(self, agent_id: str, session: str | None, batch: str) -> str:
+        """The caller learnt that its client never saw the batch it named ``batch`` in
+        :meth:`receive` (the client gave up on the call): the next receive of the session
+        must not acknowledge it.  Synchronous, so it takes effect before any later call of
+        the same session.  Returns the batch's full id, for :meth:`requeue_batch`."""
         key = (agent_id, session or "")
-        if self._delivered.get(key) == batch:
+        tag = f"{session or ''}/{self._nonce}/{batch}"
+        if self._delivered.get(key) == tag:
             del self._delivered[key]
+        self._unseen[tag] = None
+        while len(self._unseen) > 1024:
+            del self._unseen[next(iter(self._unseen))]
+        return tag
 
     async def requeue_batch(self, agent_id: str, batch: str) -> int:
-        """Put back the messages of ``batch`` still in flight (front of the inbox)."""
+        """Put back the messages of ``batch`` (a full batch id) still in flight, at the
+        front of the inbox."""
         return int(await self._run("requeue_batch", agent_id, batch))
 
     async def touch(self, agent_id: str) -> None:

@@ -545,14 +545,14 @@ class Town(TaskOps, LifecycleOps):
         face can apply it before it reads the client's next request; :meth:`unseen` also puts
         the batch back at once."""
         agent_id = self._ids.get(normalise_agent_name(agent))
-        if agent_id is not None:  # no receive resolved it here: this Town returned no batch
+        if agent_id is not None:  # else no receive resolved it here: this Town returned no batch
             self.channel.unseen(agent_id, session, batch)
 
     async def unseen(self, agent: str, session: str | None, batch: str) -> int:
         """:meth:`forget_batch`, and the batch's messages still in flight go back to the
         front of the inbox now.  Returns how many went back."""
-        self.forget_batch(agent, session, batch)
-        return await self.channel.requeue_batch(await self._agent_id(agent, cached=True), batch)
+        agent_id = await self._agent_id(agent, cached=True)
+        return await self.channel.requeue_batch(agent_id, self.channel.unseen(agent_id, session, batch))
 
     async def ack(self, agent: str, message_ids: Sequence[str]) -> int:
         """Acknowledge messages ``agent`` received; returns how many were still in flight."""

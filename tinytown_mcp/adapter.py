@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mcp.server.mcpserver import Context
@@ -26,6 +29,8 @@ from tinytown.masking import scrub
 from tinytown.town import Town
 
 log = logging.getLogger("tinytown_mcp")
+
+RECEIPTS_KEPT = 64
 
 
 @dataclass
@@ -42,6 +47,43 @@ class Session:
     progress_every_s: float = 10.0
     in_round: bool = False
     """Joined a runner's session for one round (it took nothing over)."""
+    receipts: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    """Request id -> batch name of this session's recent receives, for :meth:`abandoned`."""
+    spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None
+    """Starts a background task that lives as long as the session."""
+
+    def receipt(self, request_id: str) -> str:
+        """A batch name for the receive with this request id (remembered for a while)."""
+        batch = uuid.uuid4().hex
+        self.receipts[str(request_id)] = batch
+        while len(self.receipts) > RECEIPTS_KEPT:
+            self.receipts.popitem(last=False)
+        return batch
+
+    def abandoned(self, request_id: str | int) -> None:
+        """The client gave up on request ``request_id`` (``notifications/cancelled``, sent by
+        the SDKs on a cancel and on their own timeout).  If it was a receive, whatever it
+        delivered was not seen, even when the answer had been written already: the next
+        receive must not acknowledge it, and it goes back to the inbox now.
+
+        Synchronous: the transport calls it as it reads the notification, before it reads
+        the client's next request (stdio keeps their order), so that request cannot ack it.
+        """
+        batch = self.receipts.pop(str(request_id), None)
+        if batch is None:
+            return
+        self.town.forget_batch(self.agent, self.session_id, batch)
+        if self.spawn is not None:
+            self.spawn(partial(self._put_back, batch))
+
+    async def _put_back(self, batch: str) -> None:
+        try:
+            count = await self.town.unseen(self.agent, self.session_id, batch)
+        except TinytownError as error:  # the session's next receive puts it back instead
+            log.warning("putting back batch %s of %s failed: %s", batch, self.agent, error)
+            return
+        if count:
+            log.info("%s gave up on a receive: %d message(s) it never saw are back", self.agent, count)
 
 
 ToolContext = Context[Session, Any]

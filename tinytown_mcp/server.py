@@ -22,7 +22,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,13 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, InputRequiredResult
+from mcp_types import (
+    CallToolResult,
+    CancelledNotificationParams,
+    InputRequiredResult,
+    JSONRPCMessage,
+    JSONRPCNotification,
+)
 from pydantic import ValidationError
 
 import tinytown
@@ -85,10 +91,30 @@ class TownServer(MCPServer[Session]):
         )
         register_resources(self, town, agent)
         register_prompts(self, town, agent)
+        self.session: Session | None = None
+        self._lowlevel_server.add_notification_handler(
+            "notifications/cancelled", CancelledNotificationParams, self._on_cancelled
+        )
+
+    def _observe(self, message: JSONRPCMessage) -> None:
+        """Sees each message as the transport reads it: a cancelled receive's batch is taken
+        back before the client's next request is read (see :meth:`Session.abandoned`)."""
+        if isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+            request_id = (message.params or {}).get("requestId")
+            if self.session is not None and isinstance(request_id, str | int):
+                self.session.abandoned(request_id)
+
+    async def _on_cancelled(self, ctx: Any, params: CancelledNotificationParams) -> None:
+        """The same for transports without :meth:`_observe` (the in-memory one of the tests);
+        a second call for one request does nothing."""
+        if params.request_id is not None:
+            session = ctx.lifespan_context
+            if isinstance(session, Session):
+                session.abandoned(params.request_id)
 
     async def run_stdio_async(self) -> None:
         """Serve stdio with :func:`~tinytown_mcp.stdio.pipe_stdio` (no thread per message)."""
-        async with pipe_stdio() as (read_stream, write_stream):
+        async with pipe_stdio(self._observe) as (read_stream, write_stream):
             # the same call MCPServer.run_stdio_async makes, with our transport
             lowlevel = self._lowlevel_server
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
@@ -148,9 +174,16 @@ async def _lifespan(server: MCPServer[Session]) -> AsyncIterator[Session]:
                       in_round=server.round_credential is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, town, agent.name, min(HEARTBEAT_MAX_S, town.config.stale_after_s / 3))
+
+        def spawn(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+            tg.start_soon(job)
+
+        session.spawn = spawn
+        server.session = session
         try:
             yield session
         finally:
+            server.session = None
             tg.cancel_scope.cancel()
     log.info("session %s for %s ended", session_id, agent.name)
 

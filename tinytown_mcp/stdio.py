@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -36,9 +36,15 @@ READ_CHUNK = 1 << 16
 Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 
 
+Observer = Callable[[types.JSONRPCMessage], None]
+
+
 @asynccontextmanager
-async def pipe_stdio() -> AsyncIterator[Streams]:
-    """``(read_stream, write_stream)`` over this process's stdin and stdout."""
+async def pipe_stdio(observe: Observer | None = None) -> AsyncIterator[Streams]:
+    """``(read_stream, write_stream)`` over this process's stdin and stdout.
+
+    ``observe`` sees each incoming message synchronously, in order, before it is passed on
+    (the server learns of a cancelled request before it reads the next one)."""
     wire_in, wire_out = os.dup(0), os.dup(1)
     saved_in, saved_out = os.dup(0), os.dup(1)
     blocking = os.get_blocking(wire_in), os.get_blocking(wire_out)
@@ -57,7 +63,7 @@ async def pipe_stdio() -> AsyncIterator[Streams]:
 
             async def read() -> None:
                 with reading:
-                    await _read_lines(wire_in, incoming_send, replies)
+                    await _read_lines(wire_in, incoming_send, replies, observe)
 
             tg.start_soon(read)
             tg.start_soon(_write_lines, wire_out, outgoing_receive)
@@ -79,6 +85,7 @@ async def _read_lines(
     fd: int,
     sink: MemoryObjectSendStream[SessionMessage | Exception],
     replies: MemoryObjectSendStream[SessionMessage],
+    observe: Observer | None = None,
 ) -> None:
     pending = b""
     async with sink, replies:
@@ -110,6 +117,8 @@ async def _read_lines(
                             message="invalid request: the id must be a string or a number",
                         ))))
                     continue
+                if observe is not None:
+                    observe(message)
                 await sink.send(SessionMessage(message))
 
 

@@ -259,7 +259,7 @@ async def receive(
 
         got = await s.town.receive(
             s.agent, timeout_s=timeout_s, max_messages=max_messages, session=s.session_id,
-            progress=progress, progress_every_s=s.progress_every_s,
+            batch=s.receipt(ctx.request_id), progress=progress, progress_every_s=s.progress_every_s,
         )
         # the counts come with the batch: no second Redis call on the hop's critical path
         inbox = {"pending": got.inbox.pending, "urgent": got.inbox.urgent}

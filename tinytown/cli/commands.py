@@ -472,7 +472,8 @@ def receive(
     who = _name(identity(agent))
 
     async def go(town: "Town") -> None:
-        got = await town.receive(who, timeout_s=timeout, max_messages=max_messages)
+        # its own batch only: it acknowledges what it printed, never a live session's batch
+        got = await town.receive(who, timeout_s=timeout, max_messages=max_messages, ack_previous=False)
         if json_out:
             print_json({"agent": who, "messages": got.messages, "timed_out": got.timed_out})
         elif got.messages:
