@@ -43,6 +43,10 @@ class Ledger:
         self.acked.update(self._unacked)
         self._unacked = []
 
+    def unacked_lost_with_session(self) -> None:
+        """The client's session ended before it asked again: what it saw is not acknowledged."""
+        self._unacked = []
+
     def saw(self, message_ids: Iterable[str]) -> None:
         for mid in message_ids:
             self.log.append(f"saw {mid} acked={mid in self.acked} seen={self.seen.get(mid, 0)} n={len(self.sent)}")

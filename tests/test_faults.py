@@ -17,6 +17,7 @@ with the official client (or a raw JSON-RPC one), ``tt`` subprocesses.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -29,7 +30,7 @@ from typing import Any
 import anyio
 import pytest
 from conftest import clean_env, make_config, start_redis_server
-from fault_support import Ledger, RawClient, tool_payload
+from fault_support import CuttingProxy, Ledger, RawClient, tool_payload
 from mcp.shared.exceptions import MCPError
 from mcp_support import SCRIPT, ok, stdio
 from redis.asyncio import Redis
@@ -295,3 +296,170 @@ async def test_a_stalled_redis_answers_unavailable_within_seconds_and_its_late_s
     assert conductor.pending == empty_before.pending  # the late send stored nothing
     assert tasks.tasks == []  # the late assignment created nothing
     assert [(m["body"], m["delivery_count"]) for m in got["messages"]] == [("before the stall", 1)]
+
+
+# ----------------------------------------------------------------- lost replies
+
+
+async def test_a_reply_lost_after_its_script_ran_is_retried_without_a_second_delivery_or_ack(
+    private_redis: tuple[subprocess.Popen[bytes], str], town_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A TCP proxy between the Town and Redis drops the reply of a send, a receive or an ack
+    after Redis ran the script, and closes the connection.  redis-py retries the call on a
+    new connection: the send must not store a second copy, the receive must return the same
+    batch (not a second one, and not acknowledge the batch it just delivered), the ack
+    acknowledges nothing twice."""
+    _, sock = private_redis
+    rounds = max(ROUNDS // 2, 20)
+    ledger = Ledger("reply lost after the script ran (proxy cut), redis-py retries")
+    async with CuttingProxy(sock) as proxy:
+        town = Town(Redis.from_url(proxy.url, **client_options()), make_config(town_name))
+        try:
+            await town.ensure_conductor()
+            await town.open_session("bob")
+            with anyio.fail_after(180):
+                for round_no in range(rounds):
+                    if round_no % 3 == 0:
+                        proxy.cut_after(b"$4\r\nsend\r\n")
+                    sent = await town.send("conductor", "bob", f"m{round_no}")
+                    ledger.send(sent.message.id)
+                    if round_no % 2 == 0:
+                        proxy.cut_after(b"$7\r\nreceive\r\n")
+                    ledger.asking_again()
+                    got = await town.receive("bob", timeout_s=5, max_messages=3)
+                    ledger.saw(m.id for m in got.messages)
+                    if round_no % 5 == 4:
+                        proxy.cut_after(b"$3\r\nack\r\n")
+                        assert await town.ack("bob", [m.id for m in got.messages]) in (0, len(got.messages))
+                while True:
+                    ledger.asking_again()
+                    got = await town.receive("bob", timeout_s=0, max_messages=100)
+                    if not got.messages:
+                        break
+                    ledger.saw(m.id for m in got.messages)
+                counts = await town.inbox_counts("bob")
+        finally:
+            await town.redis.aclose()
+    show(capsys, ledger.report(connections_cut=proxy.cuts))
+    ledger.check()
+    assert ledger.twice_before_ack == 0  # the retries delivered nothing twice
+    assert proxy.cuts >= rounds // 2
+    assert (counts.pending, counts.in_flight) == (0, 0)
+
+
+# ----------------------------------------------------------------- sessions
+
+
+async def test_same_name_sessions_taking_the_mailbox_over_lose_nothing(
+    tmp_path: Path, redis_socket: str, town_name: str, bounded_town: Town,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A second session of the same name starts while the first holds a batch it received but
+    did not acknowledge, and while messages keep arriving: the old session can no longer
+    receive, its unacknowledged batch comes back to the new one, nothing is lost and nothing
+    acknowledged comes back."""
+    env = town_env(tmp_path / "town", f"unix://{redis_socket}", town_name)
+    ledger = Ledger("same-name sessions take the mailbox over while messages flow")
+    refused = 0
+    switches = 3
+    with anyio.fail_after(300), (tmp_path / "server.err").open("w") as err:
+        for switch in range(switches):
+            async with stdio(env, "bob", errlog=err) as old:
+                for n in range(5):
+                    ledger.send((await bounded_town.send("conductor", "bob", f"s{switch}.{n}")).message.id)
+                ledger.asking_again()
+                got = await ok(old, "receive", timeout_s=5, max_messages=3)
+                ledger.saw(m["id"] for m in got["messages"])
+                async with stdio(env, "bob", errlog=err) as new:
+                    ledger.send((await bounded_town.send("conductor", "bob", f"s{switch}.late")).message.id)
+                    result = await old.call_tool("receive", {"timeout_s": 0})
+                    refused += bool(result.is_error) and "newer session" in result.content[0].text  # type: ignore[union-attr]
+                    # the old session's batch was never acknowledged: it comes back to the new one
+                    ledger.unacked_lost_with_session()
+                    await drain(new, ledger)
+                    ledger.asking_again()
+    show(capsys, ledger.report(takeovers=switches, old_session_refused=refused))
+    ledger.check()
+    assert refused == switches
+    assert ledger.twice_before_ack >= switches  # each old batch was seen again by the new session
+
+
+async def test_tt_receive_beside_a_live_session_does_not_acknowledge_the_sessions_batch(
+    tmp_path: Path, redis_socket: str, town_name: str, bounded_town: Town,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``tt receive bob`` while bob's MCP session holds a batch it has not acknowledged: the
+    command takes and acknowledges only what it printed; the session's batch stays in flight
+    and comes back to bob's next session when this one dies without acknowledging it."""
+    env = town_env(tmp_path / "town", f"unix://{redis_socket}", town_name)
+    ledger = Ledger("tt receive beside a live session's unacknowledged batch")
+    with anyio.fail_after(180), (tmp_path / "server.err").open("w") as err:
+        async with stdio(env, "bob", errlog=err) as bob:
+            first = await bounded_town.send("conductor", "bob", "for the session")
+            ledger.send(first.message.id)
+            got = await ok(bob, "receive", timeout_s=5)
+            ledger.saw(m["id"] for m in got["messages"])
+            second = await bounded_town.send("conductor", "bob", "for tt")
+            ledger.send(second.message.id)
+            done = await anyio.run_process([TT, "receive", "bob", "--timeout", "0", "--json"], env=env)
+            printed = json.loads(done.stdout)
+            ledger.saw(m["id"] for m in printed["messages"])
+            in_flight = [m.id for m in await bounded_town.in_flight("bob")]
+        ledger.unacked_lost_with_session()
+        async with stdio(env, "bob", errlog=err) as again:
+            back = await ok(again, "receive", timeout_s=5)
+            ledger.saw(m["id"] for m in back["messages"])
+            await drain(again, ledger)
+    show(capsys, ledger.report())
+    ledger.check()
+    assert [m["id"] for m in printed["messages"]] == [second.message.id]
+    assert in_flight == [first.message.id]  # tt receive left the session's batch alone
+    assert [(m["id"], m["delivery_count"]) for m in back["messages"]] == [(first.message.id, 2)]
+
+
+# ----------------------------------------------------------------- skewed clocks
+
+
+@pytest.mark.parametrize("skew_s", [180, 600])
+async def test_a_process_whose_clock_is_minutes_ahead_sees_live_agents_live_and_leaves_their_work(
+    tmp_path: Path, redis_socket: str, town_name: str, bounded_town: Town, skew_s: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``tt`` run with a clock 3 or 10 minutes ahead (the test-only offset
+    ``TINYTOWN_TEST_CLOCK_SKEW_S``, which shifts every clock reading of that process) beside
+    a live agent holding an unacknowledged message: its status shows the agent live, its
+    ``recover`` stops nothing and requeues nothing, its receives (which redeliver overdue
+    messages) leave the agent's message in flight.  Liveness and redelivery run on Redis's
+    clock."""
+    env = town_env(tmp_path / "town", f"unix://{redis_socket}", town_name)
+    skewed = {**env, "TINYTOWN_TEST_CLOCK_SKEW_S": str(skew_s)}
+    (tmp_path / "town" / "tinytown.toml").write_text(
+        f'name = "{town_name}"\nstale_after_s = 120\nredelivery_after_s = 300\n')
+    ledger = Ledger(f"tt with a clock {skew_s // 60} min ahead beside a live agent")
+    await bounded_town.open_session("alice")
+    work = await bounded_town.send("conductor", "alice", "in progress")
+    ledger.send(work.message.id)
+    got = await bounded_town.receive("alice", timeout_s=0)
+    ledger.saw(m.id for m in got.messages)
+
+    async def tt(*argv: str) -> Any:
+        done = await anyio.run_process([TT, *argv, "--json"], env=skewed)
+        return json.loads(done.stdout)
+
+    with anyio.fail_after(120):
+        note = await tt("send", "conductor", "sent from the future")
+        status = await tt("status")
+        await tt("receive", "conductor", "--timeout", "0")
+        report = await tt("recover")
+    in_flight = [m.id for m in await bounded_town.in_flight("alice")]
+    alice = await bounded_town.get_agent("alice")
+    real_now = await bounded_town.now_ms()
+    show(capsys, ledger.report(skew_s=skew_s))
+    assert note["message"]["created_at"] - real_now > (skew_s - 60) * 1000  # the skew is real
+    views = {v["agent"]["name"]: v["stale"] for v in status["agents"]}
+    assert views["alice"] is False
+    assert report == {"stopped": [], "requeued": {}, "reclaimed": []}
+    assert alice.state.value != "stopped"
+    assert in_flight == [work.message.id]  # not redelivered while alice works on it
+    ledger.check()
