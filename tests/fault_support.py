@@ -49,7 +49,7 @@ class Ledger:
 
     def saw(self, message_ids: Iterable[str]) -> None:
         for mid in message_ids:
-            self.log.append(f"saw {mid} acked={mid in self.acked} seen={self.seen.get(mid, 0)} n={len(self.sent)}")
+            self.log.append(f"saw {mid} acked={mid in self.acked} seen={self.seen.get(mid, 0)}")
             if mid in self.acked:
                 self.after_ack += 1
             elif mid in self.seen:

@@ -249,9 +249,11 @@ async def receive(
     you have nothing to do. `timed_out: true` with no messages just means nothing arrived in
     time: call it again. Each message has an `id` (pass it as `reply_to` to answer) and, for
     work, a `task_id` (finish it with task_done / task_failed). Calling receive again
-    acknowledges the previous batch; unacknowledged messages come back if your session dies.
-    One result holds at most ~100 KB of message bodies: when `inbox.pending` is not 0, more
-    are waiting, so call receive again."""
+    acknowledges the previous batch; unacknowledged messages come back if your session dies,
+    and a batch whose call you cancelled or timed out comes back. One receive at a time: a new
+    one replaces one still waiting (that one answers conflict). One result holds at most
+    ~100 KB of message bodies: when `inbox.pending` is not 0, more are waiting, so call
+    receive again."""
 
     async def call(s: Session) -> dict[str, Any]:
         async def progress(elapsed_s: float, total_s: float) -> None:
