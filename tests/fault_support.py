@@ -23,6 +23,8 @@ from typing import Any
 
 import anyio
 
+from tinytown.town import Town
+
 
 @dataclass
 class Ledger:
@@ -42,6 +44,20 @@ class Ledger:
         """The client asks for its next batch: what it saw so far is acknowledged."""
         self.acked.update(self._unacked)
         self._unacked = []
+
+    async def settle(self, town: Town) -> None:
+        """Count as acknowledged what Redis has acknowledged (the message's record got its
+        expiry), rather than what the client meant to acknowledge: where a client is told
+        it gave up on an answer it had in fact read, the server rightly delivers it again,
+        and that is a delivery before ack."""
+        ids = [mid for mid in self.seen if mid not in self.acked]
+        if not ids:
+            return
+        async with town.redis.pipeline(transaction=False) as pipe:
+            for mid in ids:
+                pipe.pttl(town.keys.message(mid))
+            ttls = await pipe.execute()
+        self.acked.update(mid for mid, ttl in zip(ids, ttls, strict=True) if ttl > 0)
 
     def unacked_lost_with_session(self) -> None:
         """The client's session ended before it asked again: what it saw is not acknowledged."""
