@@ -132,7 +132,7 @@ async def test_clients_that_give_up_on_a_receive_as_a_message_arrives_lose_nothi
         async with stdio(env, "bob", errlog=err) as client:
             await ok(client, "whoami")
             for round_no in range(ROUNDS):
-                delay = rng.uniform(0, 0.03)
+                delay = rng.uniform(0, 0.004 if round_no % 4 < 2 else 0.03)
                 await ledger.settle(bounded_town)
                 outcome: list[dict[str, Any]] = []
                 scope = anyio.CancelScope()
@@ -156,7 +156,7 @@ async def test_clients_that_give_up_on_a_receive_as_a_message_arrives_lose_nothi
     if ledger.after_ack:
         show(capsys, "\n".join(ledger.log))
     ledger.check()
-    assert gave_up > ROUNDS // 4  # the faults happened
+    assert gave_up >= ROUNDS // 10  # the faults happened
     assert (counts.pending, counts.in_flight) == (0, 0)
 
 
