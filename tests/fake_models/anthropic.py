@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from fake_models.server import (
     FakeModelServer,
+    ModelHandler,
     Script,
     Step,
     ToolCall,
@@ -117,25 +117,8 @@ def message_events(step: Step, body: dict[str, Any]) -> list[tuple[str | None, A
     return events
 
 
-class AnthropicHandler(BaseHTTPRequestHandler):
+class AnthropicHandler(ModelHandler):
     """``HEAD /``, ``POST /v1/messages`` (SSE or JSON), ``POST /v1/messages/count_tokens``."""
-
-    protocol_version = "HTTP/1.1"
-
-    @property
-    def model(self) -> FakeModelServer:
-        return self.server.model  # type: ignore[attr-defined,no-any-return]
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the request log is the record
-        pass
-
-    def _json(self, status: int, data: Any) -> None:
-        raw = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
 
     def do_HEAD(self) -> None:
         self.model.log(self.path, dict(self.headers), None)

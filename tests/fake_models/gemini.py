@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from fake_models.server import (
     FakeModelServer,
+    ModelHandler,
     Script,
     Step,
     ToolCall,
@@ -129,25 +129,8 @@ def side_reply(body: dict[str, Any]) -> dict[str, Any]:
     return candidate(text)
 
 
-class GeminiHandler(BaseHTTPRequestHandler):
+class GeminiHandler(ModelHandler):
     """``:streamGenerateContent`` (SSE), ``:generateContent``, ``:countTokens``, model lists."""
-
-    protocol_version = "HTTP/1.1"
-
-    @property
-    def model(self) -> FakeModelServer:
-        return self.server.model  # type: ignore[attr-defined,no-any-return]
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the request log is the record
-        pass
-
-    def _json(self, status: int, data: Any) -> None:
-        raw = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
 
     def do_GET(self) -> None:
         self.model.log(self.path, dict(self.headers), None)

@@ -13,10 +13,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from fake_models.server import FakeModelServer, Script, Step, ToolCall, ToolResult, Turn, read_json_body
+from fake_models.server import (
+    FakeModelServer,
+    ModelHandler,
+    Script,
+    Step,
+    ToolCall,
+    ToolResult,
+    Turn,
+    read_json_body,
+)
 
 MODEL = "gpt-4o"
 
@@ -59,25 +67,8 @@ def _message(step: Step) -> tuple[dict[str, Any], str]:
     return {"role": "assistant", "content": step}, "stop"
 
 
-class ChatHandler(BaseHTTPRequestHandler):
+class ChatHandler(ModelHandler):
     """``POST /v1/chat/completions`` (streamed or not) and ``GET /v1/models``."""
-
-    protocol_version = "HTTP/1.1"
-
-    @property
-    def model(self) -> FakeModelServer:
-        return self.server.model  # type: ignore[attr-defined,no-any-return]
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the request log is the record
-        pass
-
-    def _json(self, status: int, data: Any) -> None:
-        raw = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
 
     def do_GET(self) -> None:
         self.model.log(self.path, dict(self.headers), None)

@@ -20,10 +20,18 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from fake_models.server import FakeModelServer, Script, ToolCall, ToolResult, Turn, read_json_body, send_sse
+from fake_models.server import (
+    FakeModelServer,
+    ModelHandler,
+    Script,
+    ToolCall,
+    ToolResult,
+    Turn,
+    read_json_body,
+    send_sse,
+)
 
 _ids = itertools.count(1)
 
@@ -169,24 +177,7 @@ def sse_events(items: list[dict[str, Any]], model: str) -> list[tuple[str | None
     return events
 
 
-class ResponsesHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    @property
-    def model(self) -> FakeModelServer:
-        return self.server.model  # type: ignore[attr-defined, no-any-return]
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-        pass
-
-    def _json(self, status: int, data: Any) -> None:
-        raw = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
+class ResponsesHandler(ModelHandler):
     def do_GET(self) -> None:
         self.model.log(self.path, dict(self.headers), None)
         if self.path.split("?")[0].endswith("/models"):

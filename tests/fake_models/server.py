@@ -112,6 +112,28 @@ class FakeModelServer:
         self._httpd.server_close()
 
 
+class ModelHandler(BaseHTTPRequestHandler):
+    """What every wire format's handler shares: HTTP/1.1, quiet logging (the request log is
+    the record), the :class:`FakeModelServer` it serves, and a JSON reply."""
+
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def model(self) -> FakeModelServer:
+        return self.server.model  # type: ignore[attr-defined,no-any-return]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _json(self, status: int, data: Any) -> None:
+        raw = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
 def read_json_body(handler: BaseHTTPRequestHandler) -> Any:
     length = int(handler.headers.get("Content-Length") or 0)
     raw = handler.rfile.read(length) if length else b""
