@@ -24,8 +24,8 @@ import anyio
 import pytest
 from agent_clis import GEMINI_CLI, InstalledCli, npm_cli
 from fake_models.gemini import conversation_requests, gemini_server, tool_names
-from fake_models.scripts import attached_session, identify_and_report_round_task
-from fake_models.server import Step, ToolCall, Turn
+from fake_models.scripts import attached_session, identify_and_report_round_task, report_round_task
+from fake_models.server import Script, Step, ToolCall, Turn
 from runner_support import next_event, open_spawn_town, task_settled
 
 from tinytown.errors import NotFound
@@ -183,10 +183,11 @@ async def test_a_receive_that_waits_70_seconds_in_gemini_returns_the_message(
 
 
 async def spawn_and_report(tt_env: dict[str, str], user_home: Path, gemini: InstalledCli,
-                           agent: str) -> tuple[Any, Any, str]:
-    """``tt spawn AGENT --cli gemini``, a task for it, and the task once settled."""
+                           agent: str, script: Script | None = None) -> tuple[Any, Any, str]:
+    """``tt spawn AGENT --cli gemini``, a task for it, and the task once settled; the model
+    asks whoami and reports, unless ``script`` says otherwise."""
     root = Path(tt_env["TINYTOWN_TOWN"])
-    with gemini_server(identify_and_report_round_task()) as model:
+    with gemini_server(script or identify_and_report_round_task()) as model:
         env = gemini_env(tt_env, user_home, gemini, model.url)
         async with open_spawn_town(env) as town:
             spawned = tt("spawn", agent, "--cli", "gemini", env=env)
@@ -239,3 +240,16 @@ async def test_a_spawned_gemini_agent_is_itself_even_where_the_project_settings_
                   if p.get("functionResponse", {}).get("name") == "mcp_tinytown_whoami")
     assert '"name":"worker"' in whoami.replace(" ", "") and "alice" not in whoami
     assert "alice" not in log
+
+
+async def test_a_spawned_gemini_agent_runs_shell_commands_without_a_prompt(
+    tt_env: dict[str, str], user_home: Path, gemini: InstalledCli
+) -> None:
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    shell = ToolCall("run_shell_command", {"command": "git --version > ran.txt && echo shell-ran"})
+    done, model, _log = await spawn_and_report(
+        tt_env, user_home, gemini, "worker", report_round_task("ran the shell", first=[shell]))
+    assert done.state == TaskState.COMPLETED and done.decided_by == "agent"
+    assert (root / "ran.txt").read_text().startswith("git version")  # the command really ran
+    assert "shell-ran" in (done.result or "")  # and its output came back to the model
+    assert calls(conversation_requests(model)[-1]) == ["run_shell_command", "mcp_tinytown_task_done"]
