@@ -152,7 +152,8 @@ def wait_for_line(path: Path, prefix: str, timeout_s: float = 20.0) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if path.exists():
-            for line in path.read_text().splitlines():
+            # only whole lines: a child's print() may reach the file in pieces ("pid ", "123")
+            for line in path.read_text().split("\n")[:-1]:
                 if line.startswith(prefix):
                     return line
         time.sleep(0.02)
