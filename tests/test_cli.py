@@ -76,7 +76,7 @@ class LineReader:
         self.fd = proc.stdout.fileno()
         self.buffer = b""
 
-    def line(self, timeout: float = 10.0) -> str:
+    def line(self, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buffer:
             remaining = deadline - time.monotonic()
@@ -157,7 +157,7 @@ def test_status_watch_prints_again_when_the_town_changes_and_ctrl_c_exits_0(
         second = json.loads(reader.line())
         assert {a["agent"]["name"]: a["inbox"]["pending"] for a in second["agents"]}["bob"] == 1
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
