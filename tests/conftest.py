@@ -96,9 +96,11 @@ def redis7_socket() -> Iterator[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``redis_socket`` (and what builds on it) runs each test once per real server; the
-    end-to-end tier (``e2e`` marker: subprocesses, slow) runs on the embedded Valkey only."""
+    end-to-end tier (``e2e`` marker: subprocesses, slow) and the released agent CLIs
+    (``agent_cli``) run on the embedded Valkey only."""
     if "redis_socket" in metafunc.fixturenames:
-        kinds = ("valkey",) if metafunc.definition.get_closest_marker("e2e") else REAL_SERVERS
+        end_to_end = any(metafunc.definition.get_closest_marker(m) for m in ("e2e", "agent_cli"))
+        kinds = ("valkey",) if end_to_end else REAL_SERVERS
         metafunc.parametrize("redis_socket", kinds, indirect=True, scope="session")
 
 
