@@ -52,7 +52,26 @@ print(json.dumps(codes), flush=True)
 
 
 @pytest.fixture
-def town() -> Iterator[Path]:
+def checkout_reachable() -> Iterator[None]:
+    """nobody must reach the venv and the checkout (modules imported lazily after setuid):
+    a checkout in a private folder (a 0700 mkdtemp, as CI may clone into) gets the search
+    bit on that folder for the test, and its mode back after."""
+    changed: list[tuple[Path, int]] = []
+    for base in (Path(sys.prefix), Path(__file__).resolve().parent.parent):
+        for folder in [*reversed(base.parents), base]:
+            mode = folder.stat().st_mode & 0o7777
+            if not mode & 0o001 and all(folder != f for f, _ in changed):
+                changed.append((folder, mode))
+                folder.chmod(mode | 0o001)
+    try:
+        yield
+    finally:
+        for folder, mode in reversed(changed):
+            folder.chmod(mode)
+
+
+@pytest.fixture
+def town(checkout_reachable: None) -> Iterator[Path]:
     """A town in a folder nobody may enter (but not its .tt/), its managed server running."""
     root = Path(tempfile.mkdtemp(prefix="tt-split-", dir="/tmp"))
     root.chmod(0o755)
