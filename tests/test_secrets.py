@@ -275,9 +275,6 @@ def test_scrub_masks_a_remembered_password_wherever_it_appears_but_not_a_user_na
     assert scrub("default alice bob") == "default alice bob"
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired,
-                   reason="known bug, found by the final CI run: `tt status` waits instead of answering "
-                          "unavailable when Redis refuses a connection that has no password")
 def test_a_town_without_its_password_answers_unavailable(pw_redis: PasswordRedis, tmp_path: Path) -> None:
     url = pw_redis.urls()["unix query password"]
     env = clean_env()

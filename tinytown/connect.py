@@ -61,8 +61,13 @@ def managed_redis(config: TownConfig, paths: TownPaths) -> ManagedRedis:
 
 
 def client_for_url(url: str) -> Redis:
-    """A client for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL with credentials."""
-    return Redis.from_url(url, health_check_interval=30, **client_options())
+    """A client for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL with credentials.
+
+    No ``health_check_interval``: with it, a server that refuses the connection's credentials
+    made redis-py's health check and our one retry call each other forever (``tt status``
+    hung instead of answering ``unavailable``); a dropped connection is retried once anyway.
+    """
+    return Redis.from_url(url, **client_options())
 
 
 async def connect_redis(config: TownConfig, paths: TownPaths, *, start: bool = True) -> tuple[Redis, str]:
