@@ -43,7 +43,7 @@ class Handback:
         town = self.town
         holder = await town.get_agent(agent)
         async with wrap_redis_errors():
-            ids = await town.redis.zrange(town.keys.tasks_of_agent(holder.id), 0, -1)
+            ids = await town.open_task_ids(holder.id)
             async with town.redis.pipeline(transaction=False) as pipe:
                 for task_id in ids:
                     pipe.hmget(town.keys.task(task_id), ["state", "assigned_to", "held_by"])

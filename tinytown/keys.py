@@ -25,6 +25,11 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
     tt:{town}:tasks                   zset   task id -> seq             (every task)
     tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog)
     tt:{town}:tasks:agent:<id>        zset   task id -> seq             (ever assigned to agent)
+    tt:{town}:tasks:open:<id>         zset   task id -> seq  the agent's unfinished tasks: this
+                                             attempt is its (assigned/running; reclaim reads it)
+    tt:{town}:tasks:agent:<id>:<end>  zset   task id -> seq  the agent's tasks that ended in
+                                             <end> (completed/failed/cancelled) while its own
+    tt:{town}:schema                  string layout version of the town's data (migrations)
     tt:{town}:events                  stream town events (XADD MAXLEN ~ 10000)
 """
 
@@ -134,6 +139,23 @@ class Keys:
 
     def tasks_of_agent(self, agent_id: str) -> str:
         return f"{self.prefix}tasks:agent:{checked_id(agent_id, 'agent id')}"
+
+    def open_tasks(self, agent_id: str) -> str:
+        """The agent's unfinished tasks (the Lua ``claim`` spells ``tasks:open:`` too)."""
+        return f"{self.prefix}tasks:open:{checked_id(agent_id, 'agent id')}"
+
+    def ended_tasks(self, agent_id: str, state: TaskState | str) -> str:
+        """The agent's tasks that ended in ``state`` while they were its."""
+        return f"{self.prefix}tasks:agent:{checked_id(agent_id, 'agent id')}:{TaskState(state).value}"
+
+    def agent_task_keys(self, agent_id: str) -> list[str]:
+        """Every task index of one agent (deleted with the agent)."""
+        return [self.tasks_of_agent(agent_id), self.open_tasks(agent_id),
+                *(self.ended_tasks(agent_id, s) for s in TaskState if s.is_final)]
+
+    @property
+    def schema(self) -> str:
+        return self.prefix + "schema"
 
     @property
     def events(self) -> str:

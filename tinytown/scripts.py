@@ -433,6 +433,7 @@ if OP == 'claim' then
   redis.call('ZREM', P .. 'tasks:state:pending', task_id)
   redis.call('ZADD', P .. 'tasks:state:running', t[2], task_id)
   redis.call('ZADD', P .. 'tasks:agent:' .. agent, t[2], task_id)
+  redis.call('ZADD', P .. 'tasks:open:' .. agent, t[2], task_id)
   redis.call('HSET', akey, 'current_task', task_id, 'state', 'working', 'last_seen', now)
   event('task.claimed', cjson.encode({task_id = task_id, agent = name, attempt = attempt}), maxlen)
   return task_id

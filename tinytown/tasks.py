@@ -49,6 +49,7 @@ T = TypeVar("T")
 MAX_TAGS = 20
 MAX_TAG_LEN = 64
 MAX_PAGE = 500
+OPEN_SLICE = 1000
 MIN_PREFIX = 4
 MAX_CANDIDATES = 5
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -218,7 +219,12 @@ class TaskOps:
         agent_id: str | None = None
         if agent is not None:
             agent_id = (await self.get_agent(agent)).id
-            key = self.keys.tasks_of_agent(agent_id)
+            if wanted is not None and wanted.is_final:
+                key = self.keys.ended_tasks(agent_id, wanted)
+            elif wanted is not None:
+                key = self.keys.open_tasks(agent_id)
+            else:
+                key = self.keys.tasks_of_agent(agent_id)
         elif wanted is not None:
             key = self.keys.tasks_in_state(wanted)
         else:
@@ -335,6 +341,7 @@ class TaskOps:
         plan.hdel.append([task_key, ["started_at", "held_by"]])
         plan.zadd.append([self._k(self.keys.tasks_in_state(TaskState.ASSIGNED)), seq, task.id])
         plan.zadd.append([self._k(self.keys.tasks_of_agent(agent.id)), seq, task.id])
+        plan.zadd.append([self._k(self.keys.open_tasks(agent.id)), seq, task.id])
         message = Message(
             id=message_id, sender=sender, to=agent.name, kind=MessageKind.TASK,
             body=task.description, priority=task.priority, task_id=task.id,
@@ -437,6 +444,9 @@ class TaskOps:
             plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])
             plan.zrem.append([self._k(self.keys.backlog), task.id])
             plan.zadd.append([self._k(self.keys.tasks_in_state(target)), seq, task.id])
+            if task.assigned_to:
+                plan.zrem.append([self._k(self.keys.open_tasks(task.assigned_to)), task.id])
+                plan.zadd.append([self._k(self.keys.ended_tasks(task.assigned_to, target)), seq, task.id])
             if task.assigned_to and message_id:
                 # wherever its message is (in flight, or queued for a later session), it is
                 # acknowledged: a finished or cancelled task is never delivered again
@@ -526,6 +536,18 @@ class TaskOps:
 
     # ----------------------------------------------------------------- reclaiming
 
+    async def open_task_ids(self, agent_id: str) -> list[str]:
+        """Ids of every unfinished task of the agent (its ``tasks:open`` index, oldest
+        first), read in slices: however old a task, reclaim and hand-back see it."""
+        ids: list[str] = []
+        key = self.keys.open_tasks(agent_id)
+        async with wrap_redis_errors():
+            while True:
+                chunk = await self.redis.zrange(key, len(ids), len(ids) + OPEN_SLICE - 1)
+                ids += [str(i) for i in chunk]
+                if len(chunk) < OPEN_SLICE:
+                    return list(dict.fromkeys(ids))
+
     async def reclaim_tasks(self, agent: str, to: str | None = None) -> list[Task]:
         """Take an agent's unfinished tasks back: to the backlog, or to agent ``to``.
 
@@ -534,20 +556,27 @@ class TaskOps:
         """
         holder = await self.get_agent(agent)
         target = await self.get_agent(to) if to is not None else None
-        page = await self.list_tasks(agent=holder.name, limit=MAX_PAGE)
         moved: list[Task] = []
-        for listed in page.tasks:
-            if listed.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
-                continue
+        for task_id in await self.open_task_ids(holder.id):
 
-            async def once(task_id: str = listed.id) -> Task | None:
-                task, seq, message_id = await self._read_task_message(task_id)
-                if task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
-                    return None
-                if task.assigned_to != holder.id:
-                    return None
+            async def once(task_id: str = task_id) -> Task | None:
                 plan = Plan()
-                task_key = self._k(self.keys.task(task.id))
+                plan.zrem.append([self._k(self.keys.open_tasks(holder.id)), task_id])
+                task_key = self._k(self.keys.task(task_id))
+                try:
+                    task, seq, message_id = await self._read_task_message(task_id)
+                except NotFound:  # expired meanwhile: only its index entry is left
+                    await self.channel.apply(plan)
+                    return None
+                if task.state not in (TaskState.ASSIGNED, TaskState.RUNNING) or (
+                    task.assigned_to != holder.id
+                ):
+                    # a stale entry (written by a migration while the task moved): drop it
+                    plan.guard(task_key, "state", [task.state.value], "retry", "task changed")
+                    plan.guard(task_key, "assigned_to", [task.assigned_to or ""], "retry",
+                               "task changed")
+                    await self.channel.apply(plan)
+                    return None
                 plan.guard(task_key, "state", [task.state.value], "retry", "task changed")
                 plan.guard(task_key, "attempt", [str(task.attempt)], "retry", "task changed")
                 plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])

@@ -48,6 +48,7 @@ from tinytown.models import (
     now_ms,
 )
 from tinytown.private import secure_runtime
+from tinytown.schema import upgrade
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
 
@@ -158,7 +159,9 @@ class Town(TaskOps, LifecycleOps):
         return self.paths.root if self.paths else None
 
     async def ensure_conductor(self) -> Agent:
-        """The human's mailbox always exists."""
+        """The human's mailbox always exists (and an older town's data is brought up to
+        date, :mod:`tinytown.schema`)."""
+        await upgrade(self)
         return await self.register_agent(CONDUCTOR, state=AgentState.IDLE, exist_ok=True)
 
     # ----------------------------------------------------------------- agents
@@ -447,7 +450,7 @@ class Town(TaskOps, LifecycleOps):
                    "agent changed")
         plan.delete += [self._k(k) for k in (
             self.keys.agent(agent.id), self.keys.bell(agent.id), self.keys.inflight(agent.id),
-            self.keys.tasks_of_agent(agent.id), *self.keys.inboxes(agent.id),
+            *self.keys.agent_task_keys(agent.id), *self.keys.inboxes(agent.id),
         )]
         plan.hdel.append([self._k(self.keys.agent_names), [agent.name]])
         plan.zrem.append([self._k(self.keys.agents), agent.id])
