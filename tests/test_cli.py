@@ -153,6 +153,7 @@ def test_status_watch_prints_again_when_the_town_changes_and_ctrl_c_exits_0(
             "conductor": 0,
             "bob": 0,
         }
+        assert first["conductor_inbox"] == []
         tt_ok("send", "bob", "hello", env=tt_env)
         second = json.loads(reader.line())
         assert {a["agent"]["name"]: a["inbox"]["pending"] for a in second["agents"]}["bob"] == 1
@@ -162,6 +163,46 @@ def test_status_watch_prints_again_when_the_town_changes_and_ctrl_c_exits_0(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_status_watch_shows_the_conductors_inbox_and_leaves_it_unread(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "bob")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinytown.cli.main", "status", "--watch"],
+        env=tt_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        reader = LineReader(proc)
+        while "conductor's inbox: empty" not in reader.line():
+            pass
+        tt_ok("send", "conductor", "review ready: see branch tt/bob/1", "--from", "bob", env=tt_env)
+        seen = [reader.line()]
+        while "review ready" not in seen[-1]:
+            seen.append(reader.line())
+        assert "conductor's inbox: 1 message" in seen
+        assert "bob → conductor  info: review ready: see branch tt/bob/1" in seen[-1]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = tt_ok("inbox", "conductor", env=tt_env)
+    assert [m["body"] for m in left["messages"]] == ["review ready: see branch tt/bob/1"]
+
+
+def test_a_broadcast_says_how_many_copies_it_made_in_plain_words(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    register(redis_socket, town_name, "bob")
+    done = tt("send", "all", "standup in 5", env=tt_env)
+    assert done.returncode == 0, done.stderr
+    assert "to all (1 copy) [normal]" in done.stdout  # bob's: not the sender's own
+    register(redis_socket, town_name, "carol")
+    done = tt("send", "all", "standup now", env=tt_env)
+    assert "to all (2 copies) [normal]" in done.stdout
 
 
 def test_reset_refuses_without_force_and_then_deletes_every_agent(

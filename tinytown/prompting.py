@@ -11,7 +11,9 @@ plain text: every CLI takes it as its first user message.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -19,6 +21,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tinytown.models import CONDUCTOR, Agent, InboxCounts, Message, MessageKind, Task
+
+
+def unwrap(text: str | None) -> str | None:
+    """A docstring as prose: common indentation removed, the lines of each paragraph joined
+    (a blank line separates paragraphs; one starting with click's ``\\b`` keeps its lines).
+    For MCP tool descriptions and ``tt`` help, which a model or a terminal wraps itself."""
+    if not text:
+        return text
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(
+        p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs
+    )
 
 
 @functools.cache

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from tinytown.errors import NotFound
 from tinytown.models import MAX_RECEIVE_TIMEOUT_S
+from tinytown.prompting import unwrap
 from tinytown.tasks import MAX_PAGE, MAX_TAG_LEN, MAX_TAGS
 from tinytown.town import MAX_BATCH
 from tinytown_mcp.adapter import Session, ToolContext, answer
@@ -325,7 +326,8 @@ def catalogue() -> list[Tool]:
     """The tools, ready for ``MCPServer(tools=...)``."""
     tools = []
     for fn, hints in TOOLS:
-        tool = Tool.from_function(fn, annotations=hints, structured_output=False)
+        tool = Tool.from_function(fn, description=unwrap(fn.__doc__),
+                                  annotations=hints, structured_output=False)
         tool.parameters = tidy_schema(tool.parameters)
         tools.append(tool)
     return tools

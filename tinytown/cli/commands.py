@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run, run_plain, state
+from tinytown.models import CONDUCTOR
 
 if TYPE_CHECKING:
     from tinytown.cli.render import Part
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from tinytown.town import Town, TownStatus
 
 WATCH_REFRESH_S = 3.0
+WATCH_INBOX = 5  # conductor messages shown by status --watch
 FOLLOW_BLOCK_S = 5.0
 
 task_app = typer.Typer(help="Show or finish one task: show | done | fail | cancel.", no_args_is_help=True)
@@ -234,25 +236,34 @@ def status(
 
 
 async def _watch(town: "Town", json_out: bool) -> None:
-    """Show the status again whenever an event lands on the town stream.
+    """Show the status, and the conductor's inbox, again whenever an event lands on the
+    town stream.
 
     Waits on the stream (XREAD BLOCK) in slices of :data:`WATCH_REFRESH_S`, so a terminal
     view also refreshes ages and staleness while the town is quiet.  A pipe gets a new
-    status only when something happened.
+    status only when something happened.  The inbox is peeked, never consumed: the human
+    still reads it with ``tt receive``.
     """
-    from tinytown.cli.app import is_terminal
+    from tinytown.cli.app import is_terminal, to_jsonable
     from tinytown.cli.render import console, plain, renderable
+
+    async def view() -> "list[Part]":
+        current, numbers = await _status_view(town)
+        inbox = await town.inbox(CONDUCTOR, limit=WATCH_INBOX)
+        numbers |= await town.task_numbers([m.task_id for m in inbox if m.task_id])
+        if json_out:
+            _json_line({**to_jsonable(current), "conductor_inbox": to_jsonable(inbox)})
+            return []
+        return _status_parts(current, numbers) + _inbox_parts(current, inbox, numbers)
 
     last = await town.last_event_id()
     if json_out or not is_terminal():
         changed = True
         while True:
             if changed:
-                current, numbers = await _status_view(town)
-                if json_out:
-                    _json_line(current)
-                else:
-                    sys.stdout.write(plain(_status_parts(current, numbers)) + "\n")
+                parts = await view()
+                if parts:
+                    sys.stdout.write(plain(parts) + "\n")
                     sys.stdout.flush()
             events = await town.wait_events(last, WATCH_REFRESH_S)
             changed = bool(events)
@@ -260,14 +271,27 @@ async def _watch(town: "Town", json_out: bool) -> None:
                 last = events[-1].id
     from rich.live import Live
 
-    current, numbers = await _status_view(town)
-    with Live(renderable(_status_parts(current, numbers)), console=console(), auto_refresh=False) as live:
+    with Live(renderable(await view()), console=console(), auto_refresh=False) as live:
         while True:
             events = await town.wait_events(last, WATCH_REFRESH_S)
             if events:
                 last = events[-1].id
-            current, numbers = await _status_view(town)
-            live.update(renderable(_status_parts(current, numbers)), refresh=True)
+            live.update(renderable(await view()), refresh=True)
+
+
+def _inbox_parts(current: "TownStatus", inbox: "list[Message]", numbers: dict[str, int]) -> "list[Part]":
+    """The conductor's pending messages, highest priority first, bodies folded."""
+    from tinytown.cli.render import message_lines, plural, task_ref, terminal_width
+
+    pending = next((v.inbox.pending for v in current.agents if v.agent.name == CONDUCTOR), len(inbox))
+    if not pending:
+        return ["conductor's inbox: empty"]
+    more = f" (the first {len(inbox)} shown; tt receive takes them)" if pending > len(inbox) else ""
+    lines: list[Part] = [f"conductor's inbox: {plural(pending, 'message')}{more}"]
+    for m in inbox:
+        ref = task_ref(m.task_id, numbers) if m.task_id else ""
+        lines += ["  " + line for line in message_lines(m, terminal_width() - 2, ref)]
+    return lines
 
 
 async def _status_view(town: "Town") -> "tuple[TownStatus, dict[str, int]]":
@@ -373,9 +397,9 @@ def send(
     if json_out:
         print_json(receipt)
         return
-    from tinytown.cli.render import say
+    from tinytown.cli.render import plural, say
 
-    copies = f" ({len(receipt.copies)} copies)" if receipt.message.to == "all" else ""
+    copies = f" ({plural(len(receipt.copies), 'copy', 'copies')})" if receipt.message.to == "all" else ""
     say(f"sent {receipt.message.id} to {receipt.message.to}{copies} [{receipt.message.priority.value}]")
 
 

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
+
+import typer
 
 from tinytown.cli import commands, lifecycle, logs_cmd, mcp_cmd, trust_cmd  # noqa: F401  (they register commands on app)
 from tinytown.cli.app import app
+from tinytown.cli.help import tidy
 from tinytown.masking import mask_log_handlers, scrub
+
+
+def command() -> Any:
+    """The ``tt`` command tree, its help tidied (:mod:`tinytown.cli.help`)."""
+    return tidy(typer.main.get_command(app))
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mask_log_handlers()
     try:
-        app()
+        command()(prog_name="tt")
     except KeyboardInterrupt:
         sys.stderr.write("tt: interrupted\n")
         sys.exit(130)

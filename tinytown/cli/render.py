@@ -163,6 +163,11 @@ def short_id(task_id: str) -> str:
     return task_id[:8]
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 copy``, ``2 copies``, ``0 messages``."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
 def one_line(text: str, width: int = DESCRIPTION_WIDTH) -> str:
     """The first line of ``text``, cut to ``width`` characters with an ellipsis."""
     first = text.strip().splitlines()[0] if text.strip() else ""
@@ -356,7 +361,8 @@ def thread_parts(thread: TaskThread, width: int) -> list[Part]:
     """A task (field by field), its conversation, and how it ended."""
     task = thread.task
     parts: list[Part] = task_parts(task)
-    parts.append(f"thread ({len(thread.messages)} messages):" if thread.messages else "thread: no messages")
+    count = len(thread.messages)
+    parts.append(f"thread ({plural(count, 'message')}):" if count else "thread: no messages")
     for message in thread.messages:
         ref = task.ref if message.task_id == task.id else ""
         parts += message_lines(message, width, ref)
