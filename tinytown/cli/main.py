@@ -8,7 +8,14 @@ from typing import Any
 
 import typer
 
-from tinytown.cli import commands, lifecycle, logs_cmd, mcp_cmd, trust_cmd  # noqa: F401  (they register commands on app)
+from tinytown.cli import (  # noqa: F401  (they register commands on app)
+    commands,
+    dashboard_cmd,
+    lifecycle,
+    logs_cmd,
+    mcp_cmd,
+    trust_cmd,
+)
 from tinytown.cli.app import app
 from tinytown.cli.help import tidy
 from tinytown.masking import mask_log_handlers, scrub
