@@ -6,6 +6,7 @@ The help of every command is rendered by one subprocess walking the real `tt` co
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -40,6 +41,7 @@ RENDER_ALL = textwrap.dedent(
 )
 
 
+@functools.cache
 def render_every_help() -> dict[str, str]:
     """{command path: its help text}, for every visible command and group of `tt`."""
     done = subprocess.run([sys.executable, "-c", RENDER_ALL], env=clean_env(), capture_output=True,
@@ -56,6 +58,11 @@ def test_every_commands_help_shows_names_not_typer_type_tags() -> None:
         assert "Usage: tt" in text, (path, text)
         for tag in ("<bool>", "<str>", "<int", "<float", "<path>", "<list", " range", "[x>", "{"):
             assert tag not in text, f"`tt {path} --help` shows {tag!r}:\n{text}"
+
+
+def test_square_brackets_in_help_are_shown_not_taken_for_markup() -> None:
+    helps = render_every_help()
+    assert "[agent_clis.NAME]" in helps["spawn"]
 
 
 def test_a_commands_usage_line_names_its_arguments_in_capitals() -> None:

@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import clean_env
 from mcp_support import ok, stdio
 
 from tinytown.config import AgentCliSettings, Limits, RedisSettings, TownConfig, TownPaths, parse_config
@@ -134,3 +135,24 @@ def test_the_annotated_tinytown_toml_shows_every_key_with_its_default() -> None:
             *AgentCliSettings.model_fields]
     missing = [key for key in keys if f"{key} =" not in text and f"[{key}" not in text]
     assert missing == [], f"configs/tinytown.toml does not show {missing}"
+
+
+def test_tt_init_example_prints_the_annotated_tinytown_toml_without_a_checkout(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "tinytown.cli.main", "init", "--example"], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (CONFIGS / "tinytown.toml").read_text()
+    assert parse_config(tomllib.loads(done.stdout)).name == "my-town"
+    assert list(tmp_path.iterdir()) == []  # it creates nothing
+
+
+def test_tt_mcp_hooks_prints_the_claude_code_hooks_to_merge(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "tinytown.cli.main", "mcp", "hooks"], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    hooks = json.loads(done.stdout)["hooks"]
+    assert "tt prime" in hooks["SessionStart"][0]["hooks"][0]["command"]
+    assert "tt inbox --count" in hooks["UserPromptSubmit"][0]["hooks"][0]["command"]
+    assert ".claude/settings.json" in done.stderr

@@ -302,11 +302,23 @@ def init_town(
     return config
 
 
+def example_config() -> str:
+    """The annotated tinytown.toml: every key with its default (shipped in the package)."""
+    return example_text("tinytown.toml")
+
+
+def example_text(name: str) -> str:
+    """A file of ``tinytown/examples`` (in a checkout: links into ``configs/``)."""
+    from importlib.resources import files
+
+    return files("tinytown").joinpath("examples", name).read_text(encoding="utf-8")
+
+
 def render_config(config: TownConfig) -> str:
     """The TOML text of a config: only what differs from the defaults, plus the name."""
     data = config.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
     data["name"] = config.name
-    header = "# Tinytown town configuration. See configs/tinytown.toml for every key.\n"
+    header = "# Tinytown town configuration. Every key with its default: tt init --example\n"
     return header + tomli_w.dumps(data)
 
 

@@ -102,10 +102,19 @@ def init(
         bool,
         typer.Option("--store-password", help="Write the Redis URL's password into tinytown.toml too."),
     ] = False,
+    example: Annotated[bool, typer.Option(
+        "--example", help="Print a tinytown.toml showing every key with its default; create nothing."
+    )] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Make a town here: tinytown.toml, the .tt/ runtime folder, .tt/ in .gitignore."""
     import os
+
+    if example:
+        from tinytown.config import example_config
+
+        typer.echo(example_config(), nl=False)
+        return
 
     from tinytown.config import TownPaths, init_town
     from tinytown.masking import mask_url
@@ -428,31 +437,41 @@ def inbox(
             sys.stdout.write(f"{counts.pending}\n")
         return
 
-    async def go(town: "Town") -> "tuple[Any, list[Message]]":
-        return await town.inbox_counts(who), await town.inbox(who, limit)
+    async def go(town: "Town") -> "tuple[Any, list[Message], dict[str, int]]":
+        messages = await town.inbox(who, limit)
+        return await town.inbox_counts(who), messages, await _message_numbers(town, messages)
 
-    counts, messages = run(ctx, go)
+    counts, messages, numbers = run(ctx, go)
     if json_out:
         print_json({"agent": who, "inbox": counts, "messages": messages})
         return
     from tinytown.cli.render import message_parts, show
 
-    show([_inbox_header(who, counts), *message_parts(messages)])
+    show([_inbox_header(who, counts), *message_parts(messages, numbers)])
+
+
+async def _message_numbers(town: "Town", messages: "list[Message]") -> dict[str, int]:
+    """The numbers (``#N``) of the tasks these messages are about."""
+    return await town.task_numbers([m.task_id for m in messages if m.task_id])
 
 
 def _inbox_all(ctx: typer.Context, limit: int, count: bool, json_out: bool) -> None:
     async def go(town: "Town") -> list[dict[str, Any]]:
         views = (await town.status()).agents
-        return [
+        rows: list[dict[str, Any]] = [
             {"agent": v.agent.name, "inbox": v.inbox,
              "messages": [] if count or not v.inbox.pending else await town.inbox(v.agent.name, limit)}
             for v in views
         ]  # fmt: skip
+        for row in rows:
+            row["numbers"] = await _message_numbers(town, row["messages"])
+        return rows
 
     rows = run(ctx, go)
     if json_out:
         print_json(
-            {"agents": [{k: v for k, v in row.items() if not (count and k == "messages")} for row in rows]}
+            {"agents": [{k: v for k, v in row.items() if k != "numbers" and not (count and k == "messages")}
+                        for row in rows]}
         )
         return
     from tinytown.cli.render import Table, message_parts, show
@@ -467,7 +486,7 @@ def _inbox_all(ctx: typer.Context, limit: int, count: bool, json_out: bool) -> N
     parts: list[Part] = []
     for row in rows:
         parts.append(_inbox_header(row["agent"], row["inbox"]))
-        parts += message_parts(row["messages"])
+        parts += message_parts(row["messages"], row["numbers"])
     show(parts)
 
 
@@ -503,7 +522,7 @@ def receive(
         elif got.messages:
             from tinytown.cli.render import message_parts, show
 
-            show(message_parts(got.messages))
+            show(message_parts(got.messages, await _message_numbers(town, got.messages)))
         # Printed first, acknowledged second: a consumer that dies while printing gets them again.
         await town.ack(who, [m.id for m in got.messages])
 

@@ -12,15 +12,18 @@ Only help output changes: parsing and range checks are click's, as before.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tinytown.prompting import unwrap
 
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
 
 def tidy(command: Any) -> Any:
     """Tidy ``command`` and every subcommand in place; returns it."""
-    command.help = unwrap(command.help)
-    command.short_help = unwrap(command.short_help)
+    command.help = _literal(unwrap(command.help))
+    command.short_help = _literal(unwrap(command.short_help))
     for param in command.params:
         _tidy_param(param)
     _help_option = command.get_help_option  # made per context, so tidied as it is made
@@ -37,7 +40,16 @@ def tidy(command: Any) -> Any:
     return command
 
 
+def _literal(text: str | None) -> str | None:
+    """Keep ``[agent_clis.NAME]`` as written: Typer renders help as Rich markup, which would
+    take it for a style tag and drop it (the same escape as ``rich.markup.escape``, without
+    importing Rich on every ``tt`` start)."""
+    return _MARKUP_TAG.sub(r"\1\1\\\2", text) if text else text
+
+
 def _tidy_param(param: Any) -> None:
+    if getattr(param, "help", None):
+        param.help = _literal(param.help)
     is_argument = param.param_type_name == "argument"
     if getattr(param, "is_flag", False):
         param.metavar = ""

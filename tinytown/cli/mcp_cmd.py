@@ -48,3 +48,15 @@ def config(
         return
     typer.echo(text, nl=False)
     typer.echo(f"# paste into {WHERE[chosen]}", err=True)
+
+
+@mcp_app.command("hooks")
+def hooks() -> None:
+    """Print the Claude Code hooks that keep a window you opened aware of the town: `tt prime`
+    at session start and after compaction, waiting mail before each prompt. Merge them into
+    .claude/settings.json (or settings.local.json) and start the window as
+    TINYTOWN_AGENT=NAME claude."""
+    from tinytown.config import example_text
+
+    typer.echo(example_text("claude-code-hooks.json"), nl=False)
+    typer.echo("# merge into .claude/settings.json; start the window as TINYTOWN_AGENT=NAME claude", err=True)

@@ -236,13 +236,14 @@ def task_parts(task: Task) -> list[Part]:
     return parts
 
 
-def message_parts(messages: Sequence[Message]) -> list[Part]:
-    """Messages in receive order: a header line with the ids, then the body indented."""
+def message_parts(messages: Sequence[Message], numbers: dict[str, int] | None = None) -> list[Part]:
+    """Messages in receive order: a header line with the ids (tasks as ``#N`` where
+    ``numbers`` knows them), then the body indented."""
     parts: list[Part] = []
     for m in messages:
         extras = [f"id {m.id}"]
         if m.task_id:
-            extras.append(f"task {m.task_id}")
+            extras.append(f"task {task_ref(m.task_id, numbers)}")
         if m.reply_to:
             extras.append(f"reply to {m.reply_to}")
         if m.delivery_count > 1:
