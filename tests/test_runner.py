@@ -289,7 +289,8 @@ async def test_a_runner_started_by_hand_stops_at_ctrl_c_and_kills_its_round_at_t
         assert not pid_alive(child)
         kai = await town.get_agent("kai")
         assert (kai.state, kai.pid) == (AgentState.STOPPED, None)
-        # the interrupted round left its work for recover, not half-reported
-        assert (await town.get_task(task.id)).state == TaskState.RUNNING
-        report = await town.recover()
-        assert report.reclaimed == [{"task_id": task.id, "from": "kai", "to": None}]
+        # the interrupted round's task went back to the backlog, not half-reported, and it said so
+        back = await town.get_task(task.id)
+        assert (back.state, back.assigned_to, back.decided_by) == (TaskState.PENDING, None, None)
+        assert f"round 1 was cut off; task #{back.number} back to the backlog" in err
+        assert (await town.recover()).reclaimed == []

@@ -31,6 +31,8 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
                                              <end> (completed/failed/cancelled) while its own
     tt:{town}:schema                  string layout version of the town's data (migrations)
     tt:{town}:events                  stream town events (XADD MAXLEN ~ 10000)
+    tt:{town}:order:<id>              hash   the lifecycle order to the agent's runner (stop,
+                                             restart; ``now``), its progress and outcome
 """
 
 from __future__ import annotations
@@ -160,3 +162,8 @@ class Keys:
     @property
     def events(self) -> str:
         return self.prefix + "events"
+
+    def order(self, agent_id: str) -> str:
+        """The lifecycle order to the agent's runner (:mod:`tinytown.orders`): who ordered
+        what, when the runner saw it, and how it was carried out."""
+        return f"{self.prefix}order:{checked_id(agent_id, 'agent id')}"

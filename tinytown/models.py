@@ -173,6 +173,11 @@ class Agent(Record):
     rounds_completed: int = 0
     pid: int | None = None
     session: str | None = None
+    host: str | None = None
+    """The machine of the runner or session that holds the agent's mailbox (``TINYTOWN_HOST``
+    or the host name)."""
+    session_pid: int | None = None
+    """The pid of that runner or session process on ``host``."""
     max_rounds: int | None = None
     spawned_by: str | None = None
 

@@ -17,6 +17,7 @@ import os
 import re
 import select
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,12 @@ from tinytown.config import TownPaths
 from tinytown.errors import Conflict, Invalid
 from tinytown.models import AGENT_NAME_RULE, valid_agent_name
 from tinytown.private import private_dir
+
+
+def this_host() -> str:
+    """The name this machine goes by in the town: ``TINYTOWN_HOST`` (tests run two "hosts"
+    on one machine), else the host name."""
+    return os.environ.get("TINYTOWN_HOST") or socket.gethostname()
 
 
 def agent_file_stem(agent: str) -> str:

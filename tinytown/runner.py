@@ -59,6 +59,7 @@ from tinytown.config import TownPaths
 from tinytown.errors import Conflict, Invalid, NotFound, TinytownError, Unavailable
 from tinytown.masking import MaskingFormatter
 from tinytown.models import (
+    Agent,
     AgentState,
     Message,
     MessageKind,
@@ -76,10 +77,13 @@ from tinytown.processes import (
     next_round_number,
     round_log_path,
     round_prompt_path,
+    this_host,
+    wait_exit,
 )
 from tinytown.prompting import render_followup_prompt, render_round_prompt
 
 if TYPE_CHECKING:
+    from tinytown.orders import Order
     from tinytown.town import Town
 
 log = logging.getLogger("tinytown.runner")
@@ -121,7 +125,9 @@ class Runner:
         self.name = name
         self.max_rounds = max_rounds
         self.idle_timeout_s = idle_timeout_s if idle_timeout_s is not None else town.config.idle_timeout_s
-        self.receive_slice_s = receive_slice_s
+        # an idle runner's heartbeat is its receive: often enough that other machines never
+        # see it stale (``stale_after_s``) while it waits for mail
+        self.receive_slice_s = min(receive_slice_s, town.config.stale_after_s / 3)
         self.heartbeat_every_s = heartbeat_every_s
         self.rounds = 0
         self.stop_requested = False
@@ -136,6 +142,12 @@ class Runner:
         self._events_after = ""
         self._looped = False
         self._process: Process | None = None
+        self._round_number: int | None = None
+        self._order: Order | None = None
+        self._order_round: int | None = None
+        self._cut_off = False
+        self._returned: list[int] = []
+        self._requeued = 0
 
     # ----------------------------------------------------------------- outer shell
 
@@ -151,7 +163,7 @@ class Runner:
             if self.max_rounds is None:
                 self.max_rounds = agent.max_rounds
             after = await self.town.last_event_id()
-            await self.town.update_agent(self.name, pid=os.getpid())
+            await self.town.update_agent(self.name, pid=os.getpid(), host=this_host())
             agent, self._session, requeued = await self.town.open_session(
                 self.name, attach=False, runner=True
             )
@@ -168,15 +180,55 @@ class Runner:
             log.error("runner of %s stops: %s", self.name, error)
             final = AgentState.ERROR
             raise
+        except BaseExceptionGroup as group:
+            leaf = _sole_error(group)
+            if isinstance(leaf, NotFound):  # removed (a reset, a prune): nothing to leave
+                log.info("runner of %s stops: %s", self.name, leaf)
+                self.stop_reason = "the agent was removed"
+            elif isinstance(leaf, TinytownError):
+                log.error("runner of %s stops: %s", self.name, leaf)
+                final = AgentState.ERROR
+                raise leaf from None
+            else:
+                log.exception("runner of %s crashed", self.name)
+                final = AgentState.ERROR
+                raise
         except Exception:
             log.exception("runner of %s crashed", self.name)
             final = AgentState.ERROR
             raise
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await self._leave(final)
-        log.info("runner of %s stopped after %d round(s)%s", self.name, self.rounds,
+                final = await self._end(final)
+        log.info("runner of %s %s after %d round(s)%s", self.name,
+                 "restarts" if final == AgentState.STARTING else "stopped", self.rounds,
                  f": {self.stop_reason}" if self.stop_reason else "")
+        return final
+
+    async def _end(self, final: AgentState) -> AgentState:
+        """Carry out the order (if one stopped this runner) and leave the agent.  A restart
+        starts the successor first and leaves the agent ``starting`` for it (returned)."""
+        order = self._order
+        if order is None or final == AgentState.ERROR:
+            await self._leave(final)
+            return final
+        try:
+            agent = await self.town.get_agent(self.name)
+        except TinytownError as error:
+            log.warning("could not carry out the order for %s: %s", self.name, error)
+            return final
+        outcome = "cut_off" if self._cut_off else "after_round" if self._order_round else "idle"
+        if order.action == "restart":
+            self.town.start_successor(self.name, os.getpid())
+            await self._leave(AgentState.STARTING)
+            final = AgentState.STARTING
+        try:
+            await self.town.orders.finish(agent, order, outcome, self._returned, self._requeued,
+                                          self._order_round)
+        except TinytownError as error:
+            log.warning("could not record the outcome of the order for %s: %s", self.name, error)
+        if final != AgentState.STARTING:
+            await self._leave(final)
         return final
 
     async def _leave(self, final: AgentState) -> None:
@@ -185,7 +237,7 @@ class Runner:
             agent = await self.town.get_agent(self.name)
             fields: dict[str, Any] = {"pid": None}
             if agent.session == self._session:
-                fields.update(state=final, session=None)
+                fields.update(state=final, session=None, session_pid=None)
             # else a session from outside took the agent over on purpose: it is that one's now
             await self.town.update_agent(self.name, **fields)
         except TinytownError as error:
@@ -222,6 +274,8 @@ class Runner:
                 return await step(*args)
             except Unavailable as error:
                 if time.monotonic() - self._last_ok > REDIS_OUTAGE_S:
+                    log.error("%s: giving up: Redis has been unreachable for %.0f s (%s)",
+                              self.name, REDIS_OUTAGE_S, error)
                     raise
                 log.warning("%s: %s; retrying in %.1f s", self.name, error, delay)
                 await anyio.sleep(delay)
@@ -242,6 +296,32 @@ class Runner:
                 self._wake()
             elif event.type in ("agent.stopped", "agent.error", "agent.pruned"):
                 self.request_stop(f"the agent was marked {event.type.removeprefix('agent.')}")
+            elif event.type == "agent.order":
+                await self._take_order()
+
+    async def _take_order(self, agent: Agent | None = None) -> None:
+        """Act on a lifecycle order for this agent (:mod:`tinytown.orders`): stop after the
+        round, or with ``now`` cut the round's CLI off too."""
+        agent = agent or await self.town.get_agent(self.name)
+        order = await self.town.orders.current(agent)
+        if order is None or order.done is not None:
+            return
+        known = self._order
+        if known is not None and known.id == order.id and (known.now or not order.now):
+            return
+        self._order = order
+        if known is None or known.id != order.id:
+            self._order_round = self._round_number
+            await self.town.orders.note_seen(agent, order, self._round_number)
+            log.info("%s: %s ordered by %s (from %s)%s", self.name,
+                     "restart" if order.action == "restart" else "stop", order.by,
+                     order.host or "?", ", now" if order.now else ", after the round")
+            self.request_stop(f"{order.action} ordered by {order.by}")
+        process = self._process
+        if order.now and process is not None and process.returncode is None:
+            log.info("%s: cutting round %s off (ordered now)", self.name, self._round_number)
+            self._cut_off = True
+            process.kill()
 
     # ----------------------------------------------------------------- the loop
 
@@ -256,6 +336,9 @@ class Runner:
                 return
             agent = await self.town.get_agent(self.name)
             self._last_ok = time.monotonic()
+            await self._take_order(agent)
+            if self.stop_requested:
+                return
             if agent.state in (AgentState.STOPPED, AgentState.ERROR):
                 self.stop_reason = f"the agent was marked {agent.state.value}"
                 return
@@ -342,6 +425,7 @@ class Runner:
         result = await self._round(shown, tasks)
         if result.interrupted:
             self.stop_reason = f"round {result.number} interrupted"
+            await self._give_back_round(result.number)
             return True
         if await self._taken_over():
             return True
@@ -352,6 +436,7 @@ class Runner:
             followup = await self._followup(result, unreported)
             if followup.interrupted:
                 self.stop_reason = f"round {result.number} interrupted (in its follow-up)"
+                await self._give_back_round(result.number)
                 return True
             if await self._taken_over():
                 return True
@@ -360,6 +445,19 @@ class Runner:
         self._remember(ids)
         await self._after_round(result)
         return True
+
+    async def _give_back_round(self, number: int) -> None:
+        """A round cut off by a stop: its tasks go back to the backlog and its messages back
+        to the inbox, by this runner itself (no one outside touches a live runner's work)."""
+        self._cut_off = True
+        if await self._taken_over():
+            return
+        moved = await self.town.reclaim_tasks(self.name)
+        self._requeued = await self.town.requeue_in_flight(self.name)
+        self._returned = [t.number for t in moved if t.number]
+        log.info("%s: round %d was cut off; %s back to the backlog, %d message(s) back in the "
+                 "inbox", self.name, number, ", ".join(f"task #{n}" for n in self._returned) or
+                 "no task", self._requeued)
 
     async def _taken_over(self) -> bool:
         """Taken over on purpose during the round: the round's messages and tasks went to the
@@ -437,6 +535,7 @@ class Runner:
 
     async def _after_round(self, result: RoundResult) -> None:
         self.rounds += 1
+        self._round_number = None
         try:
             await self.town.update_agent(
                 self.name, expect_state=[AgentState.WORKING, AgentState.IDLE], state=AgentState.IDLE
@@ -465,6 +564,9 @@ class Runner:
         if task_ids:
             fields["current_task"] = task_ids[0]
         agent = await self.town.update_agent(self.name, **fields)
+        self._round_number = number
+        if self._order is not None and self._order_round is None:
+            self._order_round = number  # what it received before the order is its last round
         prompt = render_round_prompt(agent, self.town.name, self.paths.root, messages, tasks,
                                      reports=self._preset.reports)
         log.info("%s round %d: %d message(s), task(s) %s", self.name, number, len(messages),
@@ -636,12 +738,21 @@ def configure_runner_logging(level: int = logging.INFO) -> None:
     logging.getLogger("tinytown").setLevel(level)
 
 
+def _sole_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first leaf of an exception group (a task group re-raises one error that way)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup) and first.exceptions:
+        first = first.exceptions[0]
+    return first
+
+
 async def run_agent(
     town_path: Path | str | None,
     name: str,
     *,
     max_rounds: int | None = None,
     idle_timeout_s: float | None = None,
+    after_pid: int | None = None,
 ) -> AgentState:
     """The body of ``tt agent run NAME``: lock, open the town, run.
 
@@ -656,6 +767,8 @@ async def run_agent(
     name = agent_file_stem(normalise_agent_name(name))
     paths = TownPaths(find_town_root(town_path))
     lock = RunnerLock(lock_path(paths, name))
+    if after_pid:  # a restart's successor: its predecessor holds the lock until it exits
+        await anyio.to_thread.run_sync(wait_exit, after_pid, 30.0)
     # Held until this process exits (the kernel drops it then): "the lock is held" and "the
     # runner process lives" stay the same fact, which kill, wait and recover rely on.
     lock.acquire(name)

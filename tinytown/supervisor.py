@@ -36,20 +36,24 @@ import anyio
 from pydantic import BaseModel
 
 from tinytown.channel import Plan
-from tinytown.errors import Conflict, Forbidden, Invalid, NotFound
+from tinytown.errors import Conflict, Forbidden, Invalid, NotFound, wrap_redis_errors
 from tinytown.models import CONDUCTOR, Agent, AgentState, InboxCounts, Task, normalise_agent_name
+from tinytown.orders import StopOutcome
 from tinytown.presets import Preset, resolve_preset
 from tinytown.private import open_private, private_dir
-from tinytown.processes import lock_holder, lock_path, runner_log_path, signal_process, wait_exit
+from tinytown.processes import lock_holder, lock_path, runner_log_path, signal_process, this_host, wait_exit
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from redis.asyncio import Redis
 
     from tinytown.channel import Channel
     from tinytown.config import TownConfig, TownPaths
     from tinytown.handback import Handback
     from tinytown.keys import Keys
     from tinytown.models import Message
+    from tinytown.orders import Orders
 
 T = TypeVar("T")
 
@@ -95,6 +99,8 @@ class LifecycleOps:
         channel: Channel
         keys: Keys
         handback: Handback
+        orders: Orders
+        redis: Redis
 
         def _k(self, key: str) -> str: ...
 
@@ -203,9 +209,28 @@ class LifecycleOps:
         return await self._start_runner(key, preset)
 
     async def _start_runner(self, name: str, preset: Preset) -> Agent:
+        async with wrap_redis_errors():  # an order to a runner before this one is history
+            await self.redis.delete(self.keys.order((await self.get_agent(name)).id))
+        after = await self.channel.last_event_id()
+        proc = self._popen_runner(name)
+        _started.append(proc)
+        # Reap it when it ends, so a long-lived spawner (MCP server, demo) leaves no zombie.
+        threading.Thread(target=proc.wait, name=f"reap-runner-{name}", daemon=True).start()
+        with contextlib.suppress(Conflict):
+            await self.update_agent(name, expect_state=[AgentState.STARTING], pid=proc.pid,
+                                    host=this_host())
+        return await self._wait_started(name, proc, after)
+
+    def start_successor(self, name: str, pid: int) -> None:
+        """A runner ordered to restart starts its successor on its own machine; the successor
+        waits for ``pid`` (the runner) to exit and release the agent's lock."""
+        self._popen_runner(name, "--after-pid", str(pid))
+
+    def _popen_runner(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         paths = self._town_paths()
         private_dir(paths.logs)
-        argv = [sys.executable, "-m", "tinytown.cli.main", "--town", str(paths.root), "agent", "run", name]
+        argv = [sys.executable, "-m", "tinytown.cli.main", "--town", str(paths.root), "agent", "run",
+                name, *extra]
         env = dict(os.environ)
         env["TINYTOWN_TOWN"] = str(paths.root)
         for var in ("TINYTOWN_AGENT", "TINYTOWN_TASK_ID", "TINYTOWN_MCP_CONFIG"):
@@ -214,18 +239,11 @@ class LifecycleOps:
             env["REDIS_URL"] = self.config.redis.url  # the runner uses the Redis we use
         else:
             env.pop("REDIS_URL", None)
-        after = await self.channel.last_event_id()
         with open_private(runner_log_path(paths, name)) as out:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=paths.root, env=env, start_new_session=True,
             )
-        _started.append(proc)
-        # Reap it when it ends, so a long-lived spawner (MCP server, demo) leaves no zombie.
-        threading.Thread(target=proc.wait, name=f"reap-runner-{name}", daemon=True).start()
-        with contextlib.suppress(Conflict):
-            await self.update_agent(name, expect_state=[AgentState.STARTING], pid=proc.pid)
-        return await self._wait_started(name, proc, after)
 
     async def _wait_started(
         self, name: str, proc: subprocess.Popen[bytes], after: str, timeout_s: float = START_TIMEOUT_S
@@ -252,46 +270,58 @@ class LifecycleOps:
 
     # ----------------------------------------------------------------- kill, restart
 
-    async def kill_agent(
-        self, name: str, *, by: str = CONDUCTOR, now: bool = False, timeout_s: float = 10.0
-    ) -> Agent:
-        """Stop an agent's runner and leave the agent ``stopped``.
+    async def stop_agent(
+        self,
+        name: str,
+        *,
+        by: str = CONDUCTOR,
+        now: bool = False,
+        timeout_s: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> StopOutcome:
+        """Stop an agent's runner, wherever it runs, and say how (``tt kill``).
 
-        Without ``now`` the runner finishes its current round; with ``now`` the round's CLI is
-        killed too and the round's messages and tasks are recovered (as :meth:`recover`
-        does).  A runner still alive after ``timeout_s`` is killed (SIGKILL) and recovered.
-        An agent stopping itself is signalled and not waited for (it is inside the round).
+        The runner gets an order through Redis (:mod:`tinytown.orders`) and carries it out
+        itself: it finishes its round, or with ``now`` cuts it off and gives the round's tasks
+        back to the backlog.  This waits for that (``on_wait`` gets a progress line while a
+        round runs); after ``timeout_s`` the order becomes ``now``.  A runner that is dead (its
+        lock here free, or no heartbeat for ``stale_after_s``) is recovered instead.  An agent
+        stopping itself is not waited for.
 
         Raises:
             Forbidden: ``by`` is neither the conductor, the agent, nor its spawner.
             NotFound: no such agent.
         """
         agent = await self._lifecycle_target(name, by, "kill")
-        pid = self.runner_pid(agent)
-        if pid == 0:  # its lock is held but its pid not written yet: it is just starting
-            pid = agent.pid
-            if not pid:
-                raise Conflict(f"the runner of {agent.name} is starting; try again in a moment")
-        if pid:
-            if normalise_agent_name(by) == agent.name:
-                signal_process(pid, signal.SIGTERM, group=False)
-                return agent
-            signal_process(pid, signal.SIGTERM, group=now)
-            exited = await anyio.to_thread.run_sync(wait_exit, pid, timeout_s)
-            if not exited:
-                signal_process(pid, signal.SIGKILL, group=True)
-                await anyio.to_thread.run_sync(wait_exit, pid, 5.0)
-            if now or not exited:
-                await self._recover_agent(await self.get_agent(agent.name), None)
-        elif agent.cli is not None and agent.state not in GONE_STATES:
-            await self._recover_agent(agent, None)  # its runner died without a word
-        agent = await self.get_agent(agent.name)
-        if agent.state != AgentState.STOPPED or agent.pid is not None:
-            agent = await self.update_agent(agent.name, state=AgentState.STOPPED, pid=None)
-        return agent
+        return await self.orders.stop(agent, by=normalise_agent_name(by), now=now, timeout_s=timeout_s,
+                                      on_wait=on_wait)
 
-    async def restart_agent(self, name: str, *, by: str = CONDUCTOR, timeout_s: float = 10.0) -> Agent:
-        """Stop the agent's runner (after its round) and start a new one.
+    async def kill_agent(
+        self, name: str, *, by: str = CONDUCTOR, now: bool = False, timeout_s: float | None = 10.0
+    ) -> Agent:
+        """:meth:`stop_agent`, returning the agent (the MCP ``kill_agent`` tool)."""
+        return (await self.stop_agent(name, by=by, now=now, timeout_s=timeout_s)).agent
+
+    async def stop_all(
+        self, *, now: bool = False, timeout_s: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> list[StopOutcome]:
+        """Stop every live runner (``tt stop``, ``tt down --all``, ``tt reset``): all are
+        ordered at once, then each is waited for as :meth:`stop_agent` does."""
+        agents = await self.orders.live_runners()
+        orders = [(a, await self.orders.post(a, "stop", now=now, by=CONDUCTOR)) for a in agents]
+        return [await self.orders.wait(a, o, timeout_s=timeout_s, on_wait=on_wait) for a, o in orders]
+
+    async def live_runners(self) -> list[Agent]:
+        """Spawned agents whose runner lives, on this machine or another."""
+        return await self.orders.live_runners()
+
+    async def restart_agent(
+        self, name: str, *, by: str = CONDUCTOR, timeout_s: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Agent:
+        """Restart the agent's runner after its round: a live runner is ordered to restart
+        and starts its successor on its own machine; a dead or stopped one is started here.
 
         Raises:
             Invalid: the agent was attached (it has no preset), or its preset cannot run.
@@ -302,8 +332,13 @@ class LifecycleOps:
             raise Invalid(f"agent {agent.name} was attached, not spawned: there is no runner to restart")
         preset = resolve_preset(self.config, agent.cli)
         preset.locate()
-        if self.runner_pid(agent) is not None or agent.state not in GONE_STATES:
-            await self.kill_agent(agent.name, by=CONDUCTOR, timeout_s=timeout_s)
+        if await self.orders.runner_alive(agent):
+            outcome = await self.orders.stop(agent, by=normalise_agent_name(by), restart=True,
+                                             timeout_s=timeout_s, on_wait=on_wait)
+            if outcome.agent.state not in GONE_STATES:
+                return outcome.agent
+        else:
+            await self.orders.stop(agent, by=normalise_agent_name(by))  # recovers a dead one
         await self.update_agent(agent.name, state=AgentState.STARTING)
         return await self._start_runner(agent.name, preset)
 
@@ -438,6 +473,8 @@ class LifecycleOps:
             await self.update_agent(agent.name, pid=None)
         requeued = await self.requeue_in_flight(agent.name)
         moved = await self.reclaim_tasks(agent.name, to)
+        async with wrap_redis_errors():  # an order its dead runner never carried out is void
+            await self.redis.delete(self.keys.order(agent.id))
         if report is not None:
             if requeued:
                 report.requeued[agent.name] = requeued

@@ -10,6 +10,7 @@ enforced here, so every face gets the same rules.
 
 from __future__ import annotations
 
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,7 +48,9 @@ from tinytown.models import (
     normalise_agent_name,
     now_ms,
 )
+from tinytown.orders import Orders
 from tinytown.private import secure_runtime
+from tinytown.processes import this_host
 from tinytown.schema import upgrade
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
@@ -109,6 +112,8 @@ class Town(TaskOps, LifecycleOps):
         self._owns_redis = False
         self._ids: dict[str, str] = {}
         self.handback = Handback(self)
+        self.orders = Orders(self)
+        """Lifecycle orders to runners, here or on other machines (stop, restart)."""
         self.conversation = Conversation(self)
         """What agents said: the history with message bodies, each task's thread."""
 
@@ -381,7 +386,7 @@ class Town(TaskOps, LifecycleOps):
                 "--take-over`"
             )
         session = session or uuid.uuid4().hex
-        fields: dict[str, Any] = {"session": session}
+        fields: dict[str, Any] = {"session": session, "host": this_host(), "session_pid": os.getpid()}
         if agent.state in (AgentState.STOPPED, AgentState.ERROR, AgentState.STARTING):
             fields["state"] = AgentState.IDLE
         agent = await self.update_agent(agent.name, touch=True, **fields)

@@ -314,7 +314,7 @@ def _status_parts(current: "TownStatus", numbers: dict[str, int]) -> "list[Part]
     where = f"  ({current.root})" if current.root else ""
     server = f"  ({current.server})" if current.server else ""
     parts: list[Part] = [f"town   {current.town}{where}", f"redis  {current.redis}{server}"]
-    table = Table(["agent", "state", "seen", "inbox", "urgent", "in flight", "task"])
+    table = Table(["agent", "state", "host", "seen", "inbox", "urgent", "in flight", "task"])
     for view in current.agents:
         agent = view.agent
         state_cell: Cell = styled(agent.state.value, STATE_STYLES)
@@ -324,7 +324,8 @@ def _status_parts(current: "TownStatus", numbers: dict[str, int]) -> "list[Part]
             state_cell = (f"{agent.state.value} (stale)", "bold red")
         urgent: Cell = (str(view.inbox.urgent), "bold red") if view.inbox.urgent else "0"
         table.rows.append([
-            agent.name, state_cell, ago(agent.last_seen, current.now), str(view.inbox.pending), urgent,
+            agent.name, state_cell, agent.host or "-", ago(agent.last_seen, current.now),
+            str(view.inbox.pending), urgent,
             str(view.inbox.in_flight), task_ref(agent.current_task, numbers),
         ])  # fmt: skip
     parts.append(table)

@@ -5,7 +5,10 @@
 ``prime``.  Each parses, calls one :class:`~tinytown.town.Town` method and renders; heavy
 imports happen inside the commands (``tt`` start-up time matters to hooks and scripts).
 
-Where the spec is silent: ``kill`` takes ``--timeout`` (default 10 s before SIGKILL);
+``kill``, ``restart`` and ``stop`` (``stop_cmd``) order the runner through Redis
+(:mod:`tinytown.orders`), wherever it runs, and wait visibly: a progress line on stderr while a
+round runs; Ctrl-C stops the wait (the order stands); ``--timeout`` cuts the round off after
+that long.  Where the spec is silent:
 ``wait`` exits 0 when the agent is ``stopped``, 1 when it ended in ``error`` or is still
 running at the timeout; lifecycle commands act as ``--from`` (default ``$TINYTOWN_AGENT``,
 else the conductor), so an agent running ``tt kill`` is held to the same rules as its MCP
@@ -21,6 +24,7 @@ from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run, s
 
 if TYPE_CHECKING:
     from tinytown.models import Agent
+    from tinytown.orders import StopOutcome
 
 agent_app = typer.Typer(help="The runner of a spawned agent (started by `tt spawn`).", no_args_is_help=True)
 app.add_typer(agent_app, name="agent", hidden=True)
@@ -68,28 +72,83 @@ def spawn(
              f"{f' in {root}' if root else ''}")
 
 
+def show_wait(line: str) -> None:
+    """A lifecycle wait, visible: one progress line on stderr."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def show_outcomes(outcomes: "list[StopOutcome]", json_out: bool) -> None:
+    if json_out:
+        print_json([outcome_json(o) for o in outcomes])
+        return
+    from tinytown.cli.render import say
+
+    for outcome in outcomes:
+        say(outcome.sentence())
+
+
+def outcome_json(outcome: "StopOutcome") -> dict[str, Any]:
+    """The agent's JSON with what happened: ``outcome``, ``round``, ``returned`` (#N)."""
+    from tinytown.cli.app import to_jsonable
+
+    return {**to_jsonable(outcome.agent), "outcome": outcome.outcome, "round": outcome.round,
+            "returned": outcome.returned, "requeued": outcome.requeued}
+
+
+def interrupted_wait(what: str) -> "typer.Exit":
+    sys.stderr.write(f"tt: stopped waiting; {what}\n")
+    return typer.Exit(130)
+
+
+NowOption = Annotated[
+    bool,
+    typer.Option("--now", help="Do not wait for the round: cut it off; its tasks go back to the backlog."),
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option("--timeout", min=0, help="Wait this long for the round, then cut it off (default: "
+                                          "as long as the round takes)."),
+]
+
+
 @app.command()
 def kill(
     ctx: typer.Context,
     name: AgentArg,
-    now: Annotated[bool, typer.Option("--now", help="Do not wait for the round: kill its CLI too.")] = False,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0, help="Seconds to let the round finish before SIGKILL.")
-    ] = 10.0,
+    now: NowOption = False,
+    timeout: TimeoutOption = None,
     sender: FromOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Stop an agent's runner (after its current round unless --now); the agent is left stopped."""
-    agent = run(ctx, lambda town: town.kill_agent(name, by=identity(sender), now=now, timeout_s=timeout))
-    _show_agent(agent, json_out, "killed")
+    """Stop an agent's runner after its current round (--now: cut the round off), wherever it
+    runs; waits and says what happened. The agent is left stopped."""
+    try:
+        outcome = run(ctx, lambda town: town.stop_agent(
+            name, by=identity(sender), now=now, timeout_s=timeout, on_wait=show_wait))
+    except KeyboardInterrupt:
+        raise interrupted_wait(f"{name} keeps the order and stops after its round") from None
+    if json_out:
+        print_json(outcome_json(outcome))
+    else:
+        from tinytown.cli.render import say
+
+        say(outcome.sentence())
+    if outcome.outcome == "pending":
+        raise typer.Exit(1)
 
 
 @app.command()
 def restart(
-    ctx: typer.Context, name: AgentArg, sender: FromOption = None, json_out: JsonOption = False
+    ctx: typer.Context, name: AgentArg, timeout: TimeoutOption = None, sender: FromOption = None,
+    json_out: JsonOption = False,
 ) -> None:
-    """Stop an agent's runner (after its round) and start a new one."""
-    agent = run(ctx, lambda town: town.restart_agent(name, by=identity(sender)))
+    """Restart an agent's runner after its round (on the machine it runs on; a dead one here)."""
+    try:
+        agent = run(ctx, lambda town: town.restart_agent(
+            name, by=identity(sender), timeout_s=timeout, on_wait=show_wait))
+    except KeyboardInterrupt:
+        raise interrupted_wait(f"{name} keeps the order and restarts after its round") from None
     _show_agent(agent, json_out, "restarted")
 
 
@@ -222,6 +281,9 @@ def agent_run(
     idle_timeout: Annotated[
         float | None, typer.Option("--idle-timeout", min=0.1, help="Stop after this many idle seconds.")
     ] = None,
+    after_pid: Annotated[
+        int | None, typer.Option("--after-pid", hidden=True, help="Start once this runner exited.")
+    ] = None,
 ) -> None:
     """Run an agent's loop in this process (what `tt spawn` starts, detached)."""
     import anyio
@@ -234,8 +296,9 @@ def agent_run(
     configure_runner_logging()
     try:
         final: Any = anyio.run(
-            lambda: run_agent(state(ctx).town, name, max_rounds=max_rounds, idle_timeout_s=idle_timeout)
+            lambda: run_agent(state(ctx).town, name, max_rounds=max_rounds, idle_timeout_s=idle_timeout,
+                              after_pid=after_pid)
         )
     except TinytownError as error:
         fail(error)
-    raise typer.Exit(0 if final.value == "stopped" else 1)
+    raise typer.Exit(0 if final.value in ("stopped", "starting") else 1)  # starting: restarted

@@ -183,13 +183,14 @@ def agents_table(
     agents: Sequence[Agent], stale_after_s: float, at_ms: int, numbers: dict[str, int] | None = None
 ) -> Table:
     """``at_ms``: Redis's clock, which stamps ``last_seen``."""
-    table = Table(["name", "state", "cli", "role", "task", "done", "seen"])
+    table = Table(["name", "state", "cli", "role", "host", "task", "done", "seen"])
     for agent in agents:
         state: Cell = styled(agent.state.value, STATE_STYLES)
         if agent.is_stale(stale_after_s, at_ms=at_ms):
             state = (f"{agent.state.value} (stale)", "bold red")
         table.rows.append([
-            agent.name, state, agent.cli or "-", agent.role or "-", task_ref(agent.current_task, numbers),
+            agent.name, state, agent.cli or "-", agent.role or "-", agent.host or "-",
+            task_ref(agent.current_task, numbers),
             str(agent.tasks_completed), ago(agent.last_seen, at_ms),
         ])  # fmt: skip
     return table
