@@ -33,6 +33,9 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
     tt:{town}:events                  stream town events (XADD MAXLEN ~ 10000)
     tt:{town}:order:<id>              hash   the lifecycle order to the agent's runner (stop,
                                              restart; ``now``), its progress and outcome
+    tt:{town}:tokens                  hash   sha256(token) hex -> {"agent", "created"} JSON
+                                             (`tt serve` bearer tokens; the token itself is never stored)
+    tt:{town}:tokens_used             hash   sha256(token) hex -> last used, ms on Redis's clock
 """
 
 from __future__ import annotations
@@ -167,3 +170,12 @@ class Keys:
         """The lifecycle order to the agent's runner (:mod:`tinytown.orders`): who ordered
         what, when the runner saw it, and how it was carried out."""
         return f"{self.prefix}order:{checked_id(agent_id, 'agent id')}"
+
+    @property
+    def tokens(self) -> str:
+        """The bearer tokens of ``tt serve``, by the sha256 of the token (:mod:`tinytown.tokens`)."""
+        return self.prefix + "tokens"
+
+    @property
+    def tokens_used(self) -> str:
+        return self.prefix + "tokens_used"

@@ -214,3 +214,45 @@ def write_agent_mcp_config(paths: TownPaths, agent: str, *, round_credential: st
     text = json.dumps({"mcpServers": {SERVER_KEY: with_claude_code_keys(entry)}}, indent=2) + "\n"
     write_private(path, text)
     return path
+
+
+# ----------------------------------------------------------------------------- over HTTP
+
+HTTP_CLIENTS: tuple[Client, ...] = ("claude", "codex", "gemini", "cursor")
+"""The clients with a config form for a remote (streamable HTTP) server; Claude Desktop adds
+remote servers as connectors in its settings, not in its config file."""
+
+
+def mcp_url(url: str) -> str:
+    """The ``/mcp`` endpoint of a ``tt serve`` URL (a bare ``http://host:port`` gets ``/mcp``)."""
+    base = url.strip()
+    scheme, sep, rest = base.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest:
+        raise ValueError(f"--http wants an http:// or https:// URL of `tt serve`, not {url!r}")
+    host, slash, path = rest.partition("/")
+    if not host:
+        raise ValueError(f"--http wants an http:// or https:// URL of `tt serve`, not {url!r}")
+    return base if path.strip("/") else f"{scheme}://{host}/mcp"
+
+
+def http_client_config(url: str, token: str, client: Client = "claude") -> str:
+    """The text to paste into ``client``'s MCP configuration to reach ``tt serve`` at ``url``
+    as the agent ``token`` names (the token travels in the ``Authorization`` header).
+
+    Raises:
+        ValueError: a client without an HTTP form (see :data:`HTTP_CLIENTS`), or a bad URL.
+    """
+    endpoint = mcp_url(url)
+    headers = {"Authorization": f"Bearer {token}"}
+    if client == "claude":  # Claude Code's .mcp.json
+        entry: dict[str, Any] = with_claude_code_keys({"type": "http", "url": endpoint, "headers": headers})
+    elif client == "gemini":  # httpUrl is streamable HTTP (url would be the old SSE transport)
+        entry = {"httpUrl": endpoint, "headers": headers, **GEMINI_SERVER_SETTINGS}
+    elif client == "cursor":
+        entry = {"url": endpoint, "headers": headers}
+    elif client == "codex":  # literal headers are http_headers (Codex ignores a `headers` key)
+        table = {"url": endpoint, "http_headers": headers, **CODEX_SERVER_SETTINGS}
+        return tomli_w.dumps({"mcp_servers": {SERVER_KEY: table}})
+    else:
+        raise ValueError(f"{client} has no HTTP server config; choose one of {', '.join(HTTP_CLIENTS)}")
+    return json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"

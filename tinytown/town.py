@@ -54,6 +54,7 @@ from tinytown.processes import this_host
 from tinytown.schema import upgrade
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
+from tinytown.tokens import Tokens
 
 T = TypeVar("T")
 
@@ -116,6 +117,8 @@ class Town(TaskOps, LifecycleOps):
         """Lifecycle orders to runners, here or on other machines (stop, restart)."""
         self.conversation = Conversation(self)
         """What agents said: the history with message bodies, each task's thread."""
+        self.tokens = Tokens(self)
+        """The bearer tokens of ``tt serve`` (one names one agent)."""
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -7,6 +7,7 @@ bounds; the caller's identity is never an argument (it is fixed per session).
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver.tools import Tool
@@ -323,11 +324,17 @@ def tidy_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def catalogue() -> list[Tool]:
-    """The tools, ready for ``MCPServer(tools=...)``."""
+    """The tools, ready for ``MCPServer(tools=...)`` (built once per process: ``tt serve``
+    builds a server per session, and building the tools is most of that cost)."""
+    return list(_catalogue())
+
+
+@functools.cache
+def _catalogue() -> tuple[Tool, ...]:
     tools = []
     for fn, hints in TOOLS:
         tool = Tool.from_function(fn, description=unwrap(fn.__doc__),
                                   annotations=hints, structured_output=False)
         tool.parameters = tidy_schema(tool.parameters)
         tools.append(tool)
-    return tools
+    return tuple(tools)
