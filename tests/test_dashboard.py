@@ -7,6 +7,7 @@ the Town, and changed from outside with `tt` subprocesses, as a conductor would.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 from conftest import clean_env, make_config
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from redis.asyncio import Redis
-from test_cli import LineReader, tt_ok
+from test_cli import LineReader, one_error_line, tt, tt_ok
 
 from tinytown.config import TownPaths
 from tinytown.models import AgentState
@@ -107,6 +108,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, valkey_socket: str) -> I
         await town.ensure_conductor()
         for agent, cli in (("alice", "claude"), ("bob", "codex")):
             await town.register_agent(agent, cli=cli)
+        await town.update_agent("alice", host="build-box-7")  # a session on another machine
         done = await town.assign("add two and three", agent="alice")
         await town.complete_task(done.id, "the answer is five", by="alice")
         failed = await town.assign("divide by zero", agent="bob")
@@ -159,6 +161,7 @@ def test_the_page_shows_the_towns_agents_and_tasks(page: Page, dashboard: Dashbo
     expect(page.locator("#town-name")).to_have_text(dashboard.name)
     for agent, cli in (("alice", "claude"), ("bob", "codex")):
         expect(page.locator(f"#agents tr[data-agent={agent}]")).to_contain_text(cli)
+    expect(page.locator("#agents tr[data-agent=alice] td.host")).to_have_text("build-box-7")
     done, failed = dashboard.tasks["done"], dashboard.tasks["failed"]
     completed = page.locator(f"#board .column[data-state=completed] .card[data-task-id='{done.id}']")
     expect(completed).to_contain_text(f"#{done.number}")
@@ -320,13 +323,33 @@ def test_a_non_loopback_bind_needs_the_printed_token_and_ctrl_c_stops_it(
         try:
             seen = context.new_page()
             seen.goto(f"{local}?token={token}")  # once; then the cookie carries it
-            expect(seen.locator("#agents tr[data-agent=alice]")).to_be_visible(timeout=DEADLINE_MS)
-            expect(seen.locator("#live")).to_have_text("live", timeout=DEADLINE_MS)
+            expect(seen.locator("#agents tr[data-agent=alice]")).to_be_visible()
+            expect(seen.locator("#live")).to_have_text("live")
             assert "token" not in seen.url
+            code, out = stop_dashboard(proc)  # with the page's event stream open
+            expect(seen.locator("#live")).not_to_have_text("live")
         finally:
             context.close()
     finally:
-        code, out = stop_dashboard(proc)
+        if proc.poll() is None:
+            stop_dashboard(proc)
     assert code == 0, out
     assert out.strip().splitlines()[-1] == "dashboard stopped"
     assert "Traceback" not in out
+
+
+def test_the_json_routes_answer_with_the_towns_error_codes(dashboard: Dashboard) -> None:
+    cases = (("api/tasks/%23999999", 404, "not_found"), ("api/logs/nobody", 404, "not_found"),
+             ("api/logs/Not%20A%20Name", 400, "invalid"))
+    for path, status, code in cases:
+        got, _, body = request(dashboard.url + path)
+        assert (got, json.loads(body)["error"]) == (status, code), path
+    plain = urllib.request.Request(dashboard.url + "api/send", method="POST", data=b"to=bob&body=x")
+    try:
+        urllib.request.urlopen(plain, timeout=30)
+        raise AssertionError("a form post was accepted")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 400 and json.loads(refused.read())["error"] == "invalid"
+    port = dashboard.url.rstrip("/").rpartition(":")[2]
+    done = tt("dashboard", "--port", port, env=dashboard.env)
+    assert "cannot listen on 127.0.0.1:" in one_error_line(done, "tt: invalid: ")

@@ -10,7 +10,8 @@ Routes (JSON unless said otherwise):
 * ``GET /api/events?after=&agent=&task=&kind=`` Server-Sent Events: each town event as
   ``event: town`` with ``id:`` its stream id and ``data:`` the feed entry JSON plus
   ``matches`` (whether it passes the given feed filter).  A reconnecting browser sends
-  ``Last-Event-ID`` and misses nothing.
+  ``Last-Event-ID`` and misses nothing.  When the town's Redis cannot be read the stream
+  sends ``event: trouble`` (``{error, message}``) and ends; the browser retries in a second.
 * ``POST /api/send`` ``{to, body, kind?, priority?, task?}`` and ``POST /api/assign``
   ``{description, agent?, priority?, tags?, depends_on?}``: as the conductor.
 
@@ -196,7 +197,12 @@ def create_app(town: Town, *, token: str | None = None,
             yield "retry: 1000\n: connected\n\n"
             quiet = 0.0
             while not stopping():
-                found = await town.wait_events(last, STREAM_TICK_S)
+                try:
+                    found = await town.wait_events(last, STREAM_TICK_S)
+                except TinytownError as exc:  # Redis went away: say so; the browser reconnects
+                    trouble = json.dumps({"error": exc.code, "message": exc.message})
+                    yield f"event: trouble\ndata: {trouble}\n\n"
+                    return
                 if not found:
                     quiet += STREAM_TICK_S
                     if quiet >= KEEP_ALIVE_S:

@@ -203,8 +203,12 @@ function openStream(after, params) {
   if (page.source) page.source.close();
   const source = new EventSource(`/api/events${query({ after, ...params })}`);
   page.source = source;
-  source.onopen = () => { $("#live").textContent = "live"; $("#live").classList.remove("off"); };
+  source.onopen = () => { $("#live").textContent = "live"; $("#live").classList.remove("off"); scheduleState(); };
   source.onerror = () => { $("#live").textContent = "reconnecting"; $("#live").classList.add("off"); };
+  source.addEventListener("trouble", (message) => {
+    $("#live").textContent = `reconnecting: ${JSON.parse(message.data).message}`;
+    $("#live").classList.add("off");
+  });
   source.addEventListener("town", (message) => {
     const entry = JSON.parse(message.data);
     if (entry.task && entry.task.number) page.numbers[entry.task.id] = entry.task.number;
