@@ -5,8 +5,9 @@ interpreter, import Typer, pydantic and redis-py, and LPUSH once.  `tt send` (ru
 ``python -m tinytown.cli.main send bob hello``) should stay within 1.5x of it; so should
 ``tt inbox --count``, which prompt hooks run on every turn.
 
-It starts its own redis-server on a unix socket in a temp dir (never the machine's Redis),
-makes a town there with ``REDIS_URL`` pointing at it, and registers the agent ``bob``.
+It starts its own server (as a town's managed one: the embedded Valkey) on a unix socket in a
+temp dir (never the machine's Redis), makes a town there with ``REDIS_URL`` pointing at it,
+and registers the agent ``bob``.
 It prints medians, p99 and the ratios; it asserts nothing (a benchmark reports).
 
     python bench/cli_startup.py [-n 15]
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,31 +25,18 @@ import time
 from pathlib import Path
 
 import anyio
-from redis import Redis as SyncRedis
+
+from tinytown.redis_server import ManagedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
-    directory.mkdir(parents=True, exist_ok=True)
-    sock = str(directory / "redis.sock")
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--dir", str(directory),
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # start-up has no event to wait on: bounded readiness probe
-        try:
-            if SyncRedis(unix_socket_path=sock, socket_timeout=1).ping():
-                return proc, sock
-        except Exception:
-            time.sleep(0.02)
-    proc.kill()
-    sys.exit("redis-server did not answer within 10 s")
+def start_redis(directory: Path) -> tuple[ManagedRedis, str]:
+    """The server a town would run (the embedded Valkey, else one on PATH), private to the
+    bench: a unix socket in a temp dir, never the machine's Redis."""
+    server = ManagedRedis(directory)
+    server.ensure_running()
+    return server, server.connect_path()
 
 
 async def register(town_dir: Path, *names: str) -> None:
@@ -114,8 +101,7 @@ def main() -> None:
                 for name, argv in cases.items():
                     results[name].append(timed(argv, env))
         finally:
-            proc.terminate()
-            proc.wait(10)
+            proc.stop()
 
     floor = statistics.median(next(iter(results.values())))
     print(

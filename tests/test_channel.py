@@ -220,6 +220,35 @@ async def test_sending_to_an_unknown_agent_or_replying_to_an_unknown_message_is_
 # ----------------------------------------------------------------- blocking (real Redis)
 
 
+async def test_a_paused_agents_waiting_receive_sleeps_through_mail_and_wakes_on_resume(
+    real_town: Town,
+) -> None:
+    await _agents(real_town, "bob")
+    await real_town.update_agent("bob", state=AgentState.PAUSED)
+    baseline = await _blocked_clients(real_town.redis)
+    results: list[Received] = []
+    about_to_receive = anyio.Event()
+
+    async def receiver() -> None:
+        about_to_receive.set()
+        results.append(await real_town.receive("bob", timeout_s=30))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receiver)
+            await about_to_receive.wait()
+            await _wait_until_blocked(real_town.redis, baseline)
+            await real_town.send("conductor", "bob", "for after the pause")
+            bell = real_town.keys.bell((await real_town.get_agent("bob")).id)
+            while await real_town.redis.exists(bell):  # the send rang; the receive looks, quiets it
+                await anyio.sleep(0.005)
+            await _wait_until_blocked(real_town.redis, baseline)  # and waits again
+            assert results == []
+            assert (await real_town.inbox_counts("bob")).pending == 1
+            await real_town.update_agent("bob", expect_state=[AgentState.PAUSED], state=AgentState.IDLE)
+    assert [m.body for m in results[0].messages] == ["for after the pause"]
+
+
 async def test_blocking_receive_wakes_when_a_message_is_sent(real_town: Town) -> None:
     await _agents(real_town, "bob")
     baseline = await _blocked_clients(real_town.redis)

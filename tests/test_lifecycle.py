@@ -221,11 +221,18 @@ def test_tt_prime_tells_the_current_agent_its_task_and_mail(tt_env: dict[str, st
 
 
 
-async def test_delivering_a_task_to_a_paused_agent_does_not_unpause_it(town: Town) -> None:
+async def test_a_paused_agent_is_given_nothing_until_resumed(town: Town) -> None:
     await town.register_agent("zoe", cli="echo")
     await town.update_agent("zoe", state=AgentState.PAUSED)
     task = await town.assign("later", agent="zoe")
-    await town.receive("zoe", timeout_s=0)  # e.g. a receive that raced the pause
+    got = await town.receive("zoe", timeout_s=0)  # e.g. a receive that raced the pause
+    assert got.messages == []
     zoe = await town.get_agent("zoe")
-    assert (zoe.state, zoe.current_task) == (AgentState.PAUSED, task.id)
+    assert (zoe.state, zoe.current_task) == (AgentState.PAUSED, None)
+    assert (await town.get_task(task.id)).state == TaskState.ASSIGNED
+    assert (await town.inbox_counts("zoe")).pending == 1  # it waits in the inbox
+
+    await town.resume_agent("zoe")
+    got = await town.receive("zoe", timeout_s=0)
+    assert [m.task_id for m in got.messages] == [task.id]
     assert (await town.get_task(task.id)).state == TaskState.RUNNING

@@ -79,6 +79,9 @@ class Plan:
     number: list[list[str]] = field(default_factory=list)
     stamp: list[list[Any]] = field(default_factory=list)
     """``[key, field]`` pairs set to Redis's clock (``last_seen``): never a client's time."""
+    ring: list[str] = field(default_factory=list)
+    """Agent ids whose bell rings if their inbox holds mail (a resumed agent's waiting
+    receive looks again: a paused agent's receive is given nothing)."""
 
     def guard(self, key: str, fld: str, allowed: Sequence[str], code: str, sentence: str) -> None:
         self.guards.append([key, fld, list(allowed), code, sentence])
@@ -336,6 +339,7 @@ class Channel:
             "events": plan.events,
             "number": plan.number,
             "stamp": plan.stamp,
+            "ring": plan.ring,
             "max_inbox": self.max_inbox,
             "maxlen": EVENTS_MAXLEN,
         }

@@ -295,7 +295,9 @@ if OP == 'receive' then
   -- the head of its list for the next receive, so one batch always holds at least one
   local max_bytes = tonumber(ARGV[10] or '0') or 0
   local taken = 0
-  local full = false
+  -- a paused agent is given nothing: its mail waits in the inbox (and the bell goes quiet
+  -- below) until resume rings the bell again
+  local full = a[3] == 'paused'
   for _, pr in ipairs(PRIOS) do
     while #out < max and not full do
       if max_bytes > 0 and #out > 0 then
@@ -353,7 +355,7 @@ if OP == 'receive' then
   end
   -- fewer than asked means every list is empty now: the bell has nothing to announce
   -- (a full batch leaves it; a spurious wake costs one empty pop, never a lost message)
-  if #out < max and not full then redis.call('DEL', P .. 'bell:' .. agent) end
+  if #out < max and (not full or a[3] == 'paused') then redis.call('DEL', P .. 'bell:' .. agent) end
   if (#out > 0 or release) and redis.call('GET', rkey) == batch then redis.call('DEL', rkey) end
   redis.call('HSET', akey, 'last_seen', now)
   if a[3] == 'starting' then redis.call('HSET', akey, 'state', 'idle') end
@@ -494,6 +496,8 @@ if OP == 'apply' then
     if s[2].task_id then join_thread(s[2].task_id, s[2].id, s[2]) end
   end
   for _, e in ipairs(plan.events or {}) do event(e[1], e[2], plan.maxlen) end
+  -- a resumed agent's waiting receive looks at its inbox again
+  for _, aid in ipairs(plan.ring or {}) do if inbox_size(aid) > 0 then ring(aid) end end
   return numbers
 end
 

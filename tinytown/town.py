@@ -324,6 +324,8 @@ class Town(TaskOps, LifecycleOps):
             plan.stamp.append([key, "last_seen"])
         if "state" in fields and updated.state != agent.state:
             plan.event(f"agent.{updated.state.value}", agent=agent.name, previous=agent.state.value)
+            if agent.state == AgentState.PAUSED:
+                plan.ring.append(agent.id)
         await self.channel.apply(plan)
         return updated
 
