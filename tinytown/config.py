@@ -62,6 +62,7 @@ def check_redis_url(url: str) -> None:
         scheme = ""
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    _refuse_several_hosts(url, scheme)
     try:
         pool = redis.ConnectionPool.from_url(url)
         pool.make_connection()  # builds the connection object only: no I/O
@@ -73,6 +74,19 @@ def check_redis_url(url: str) -> None:
         raise ValueError(f"{mask_url(url)} is not a usable Redis URL: {scrub(text)}") from None
     if scheme == "unix" and not pool.connection_kwargs.get("path"):
         raise ValueError(f"{mask_url(url)} names no socket path (unix:///path/to/redis.sock)")
+
+
+def _refuse_several_hosts(url: str, scheme: str) -> None:
+    """A plain ``redis://h1,h2/`` names one server; several hosts would fail every command
+    later (redis-py reads ``h1,h2`` as one host name)."""
+    if scheme not in ("redis", "rediss"):
+        return
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    if "," in hosts:
+        raise ValueError(
+            f"{mask_url(url)} names several hosts; a redis:// URL names one server (for a "
+            "cluster, any one of its nodes; for Sentinel, redis+sentinel://h1:26379,h2:26379/SERVICE)"
+        )
 
 
 class Limits(_Strict):

@@ -93,7 +93,18 @@ async def connect_redis(config: TownConfig, paths: TownPaths, *, start: bool = T
     try:
         async with wrap_redis_errors():
             await client.ping()
+    except Unavailable as error:
+        await client.aclose()
+        raise managed_hint(error) if not config.redis.url else error from error.__cause__
     except BaseException:
         await client.aclose()
         raise
     return client, display
+
+
+def managed_hint(error: Unavailable) -> Unavailable:
+    """``error`` with ``try `tt up``` added when Redis could not be reached: only for a
+    town's managed server (for an external URL it would do nothing)."""
+    if not error.message.startswith("cannot reach Redis"):
+        return error
+    return Unavailable(f"{error.message} try `tt up`")

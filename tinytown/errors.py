@@ -90,7 +90,7 @@ def translate_redis_error(exc: redis.exceptions.RedisError) -> TinytownError:
         if text.split(":", 1)[0].strip() in (*ERRORS_BY_CODE, "retry"):
             return error_from_reply(text)
         return Unavailable(f"Redis refused the command: {text}")
-    return Unavailable(f"cannot reach Redis ({type(exc).__name__}: {exc}); is it running? try `tt up`")
+    return Unavailable(f"cannot reach Redis ({type(exc).__name__}: {exc}); is it running?")
 
 
 @asynccontextmanager

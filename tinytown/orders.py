@@ -25,7 +25,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
 from pydantic import BaseModel
@@ -81,6 +81,11 @@ class StopOutcome(BaseModel):
     returned: list[int] = []
     requeued: int = 0
     host: str | None = None
+
+    def outcome_json(self) -> dict[str, Any]:
+        """The agent's JSON with what happened: ``outcome``, ``round``, ``returned`` (#N)."""
+        return {**self.agent.model_dump(mode="json", by_alias=True), "outcome": self.outcome,
+                "round": self.round, "returned": self.returned, "requeued": self.requeued}
 
     def sentence(self) -> str:
         """One line for a human: what happened to the agent and its work."""

@@ -128,7 +128,7 @@ class Runner:
         # an idle runner's heartbeat is its receive: often enough that other machines never
         # see it stale (``stale_after_s``) while it waits for mail
         self.receive_slice_s = min(receive_slice_s, town.config.stale_after_s / 3)
-        self.heartbeat_every_s = heartbeat_every_s
+        self.heartbeat_every_s = min(heartbeat_every_s, town.config.stale_after_s / 3)
         self.rounds = 0
         self.stop_requested = False
         self.stop_reason = ""

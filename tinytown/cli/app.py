@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 from pydantic import BaseModel
 
-from tinytown.errors import TinytownError
+from tinytown.errors import TinytownError, Unavailable
 
 if TYPE_CHECKING:
     from tinytown.town import Town
@@ -86,8 +86,12 @@ def run(ctx: typer.Context, fn: Callable[[Town], Awaitable[T]], *, start_redis: 
 
     town_path = state(ctx).town
 
+    managed = False
+
     async def go() -> T:
+        nonlocal managed
         town = await Town.open(town_path, start_redis=start_redis)
+        managed = town.config.redis.url is None
         try:
             return await fn(town)
         finally:
@@ -98,6 +102,12 @@ def run(ctx: typer.Context, fn: Callable[[Town], Awaitable[T]], *, start_redis: 
         # `tt` start-up; anyio calls inside the Town still work on this loop (the backend is
         # then loaded on first use only).
         return asyncio.run(go())
+    except Unavailable as error:
+        if managed:
+            from tinytown.connect import managed_hint
+
+            error = managed_hint(error)
+        fail(error)
     except TinytownError as error:
         fail(error)
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tinytown.config import TownConfig, TownPaths
     from tinytown.conversation import HistoryEntry
     from tinytown.models import Message
+    from tinytown.orders import StopOutcome
     from tinytown.redis_server import ManagedRedis
     from tinytown.town import Town, TownStatus
 
@@ -181,18 +182,33 @@ def up(ctx: typer.Context, json_out: JsonOption = False) -> None:
 
 
 @app.command()
-def down(ctx: typer.Context, json_out: JsonOption = False) -> None:
-    """Stop the town's managed Redis; its data stays in .tt/ (AOF) for the next start."""
+def down(
+    ctx: typer.Context,
+    all_runners: Annotated[
+        bool, typer.Option("--all", help="Stop the town's runners first (after their rounds), then Redis.")
+    ] = False,
+    now: Annotated[bool, typer.Option("--now", help="With --all: cut the runners' rounds off.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Stop the town's managed Redis; its data stays in .tt/ (AOF) for the next start.
+    Refused while runners live, unless --all."""
     managed = _managed_server(ctx, json_out)
     if managed is None:
         return
     config, server = managed
+    from tinytown.cli.stop_cmd import runners_stopped_or_refused
+
+    running = run_plain(server.is_running)
+    outcomes = runners_stopped_or_refused(ctx, "down", all_runners, now) if running else []
     stopped = run_plain(server.stop)
     if json_out:
-        print_json({"town": config.name, "managed": True, "redis": server.url, "stopped": stopped})
+        print_json({"town": config.name, "managed": True, "redis": server.url, "stopped": stopped,
+                    "runners": [o.outcome_json() for o in outcomes]})
         return
     from tinytown.cli.render import say
 
+    for outcome in outcomes:
+        say(outcome.sentence())
     if stopped:
         say(f"stopped managed Redis of town {config.name}")
     else:
@@ -354,13 +370,19 @@ def list_agents(
     show([agents_table(agents, stale_after_s, at_ms, numbers)])
 
 
+RESET_STOP_S = 30.0
+"""How long ``reset`` waits for runners to stop before it deletes anyway (a runner on another
+machine that answers later finds its agent gone and stops)."""
+
+
 @app.command()
 def reset(
     ctx: typer.Context,
     force: Annotated[bool, typer.Option("--force", help="Really delete everything.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Delete every agent, task, message and event of the town (keeps tinytown.toml)."""
+    """Delete every agent, task, message and event of the town (keeps tinytown.toml); its
+    runners are stopped first (their rounds cut off)."""
     from tinytown.errors import Invalid
 
     _paths, config = _local_town(ctx)
@@ -371,12 +393,21 @@ def reset(
                 "pass --force to do it"
             )
         )
-    deleted = run(ctx, lambda town: town.reset())
+    from tinytown.cli.lifecycle import show_wait
+
+    async def stop_then_reset(town: "Town") -> "tuple[list[StopOutcome], int]":
+        outcomes = await town.stop_all(now=True, timeout_s=RESET_STOP_S, on_wait=show_wait)
+        return outcomes, await town.reset()
+
+    outcomes, deleted = run(ctx, stop_then_reset)
     if json_out:
-        print_json({"town": config.name, "deleted_keys": deleted})
+        print_json({"town": config.name, "deleted_keys": deleted,
+                    "runners": [o.outcome_json() for o in outcomes]})
         return
     from tinytown.cli.render import say
 
+    for outcome in outcomes:
+        say(outcome.sentence())
     say(f"reset town {config.name}: deleted {deleted} keys")
 
 

@@ -80,20 +80,12 @@ def show_wait(line: str) -> None:
 
 def show_outcomes(outcomes: "list[StopOutcome]", json_out: bool) -> None:
     if json_out:
-        print_json([outcome_json(o) for o in outcomes])
+        print_json([o.outcome_json() for o in outcomes])
         return
     from tinytown.cli.render import say
 
     for outcome in outcomes:
         say(outcome.sentence())
-
-
-def outcome_json(outcome: "StopOutcome") -> dict[str, Any]:
-    """The agent's JSON with what happened: ``outcome``, ``round``, ``returned`` (#N)."""
-    from tinytown.cli.app import to_jsonable
-
-    return {**to_jsonable(outcome.agent), "outcome": outcome.outcome, "round": outcome.round,
-            "returned": outcome.returned, "requeued": outcome.requeued}
 
 
 def interrupted_wait(what: str) -> "typer.Exit":
@@ -129,7 +121,7 @@ def kill(
     except KeyboardInterrupt:
         raise interrupted_wait(f"{name} keeps the order and stops after its round") from None
     if json_out:
-        print_json(outcome_json(outcome))
+        print_json(outcome.outcome_json())
     else:
         from tinytown.cli.render import say
 
