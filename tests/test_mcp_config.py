@@ -17,7 +17,15 @@ import pytest
 from conftest import clean_env
 from mcp_support import ok, stdio
 
-from tinytown.config import AgentCliSettings, Limits, RedisSettings, TownConfig, TownPaths, parse_config
+from tinytown.config import (
+    AgentCliSettings,
+    Limits,
+    RedisSettings,
+    RetentionSettings,
+    TownConfig,
+    TownPaths,
+    parse_config,
+)
 from tinytown.mcp_config import CODEX_SERVER_SETTINGS, client_config, server_command, write_agent_mcp_config
 
 pytestmark = [pytest.mark.anyio]
@@ -132,7 +140,7 @@ def test_the_annotated_tinytown_toml_shows_every_key_with_its_default() -> None:
     parsed = parse_config(tomllib.loads(text))
     assert parsed == TownConfig(name=parsed.name)
     keys = [*TownConfig.model_fields, *RedisSettings.model_fields, *Limits.model_fields,
-            *AgentCliSettings.model_fields]
+            *RetentionSettings.model_fields, *AgentCliSettings.model_fields]
     missing = [key for key in keys if f"{key} =" not in text and f"[{key}" not in text]
     assert missing == [], f"configs/tinytown.toml does not show {missing}"
 

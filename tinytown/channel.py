@@ -54,7 +54,28 @@ BLOCK_SLICE_S = 2.0
 """The longest single blocking command (BLPOP, XREAD BLOCK): well under the call timeout."""
 CLOCK_RESYNC_S = 30.0
 
+SWEEP_BATCH = 50
+"""Finished tasks one retention sweep expires at most: every finish and every heartbeat
+sweeps, so expiry keeps up with any rate of finishing at a bounded cost per step."""
+
 ProgressCallback = Callable[[float, float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetentionTimes:
+    """``[retention]`` as the Lua takes it (0: keep forever)."""
+
+    tasks_s: int = 14 * 86400
+    messages_s: int = 86400
+    events_s: int = 14 * 86400
+
+    @property
+    def tasks_ms(self) -> int:
+        return self.tasks_s * 1000
+
+    @property
+    def events_ms(self) -> int:
+        return self.events_s * 1000
 
 
 @dataclass
@@ -77,6 +98,9 @@ class Plan:
     send: list[list[Any]] = field(default_factory=list)
     events: list[list[Any]] = field(default_factory=list)
     number: list[list[str]] = field(default_factory=list)
+    finish: list[str] = field(default_factory=list)
+    """Ids of tasks this plan finishes: recorded with Redis's clock for the retention sweep,
+    which then runs in the same write."""
     stamp: list[list[Any]] = field(default_factory=list)
     """``[key, field]`` pairs set to Redis's clock (``last_seen``): never a client's time."""
     ring: list[str] = field(default_factory=list)
@@ -99,6 +123,11 @@ class Plan:
         (then it is taken out of the inbox and never delivered)."""
         self.ack.append([agent_id, message_id, priority])
 
+    def notice(self, agent_id: str, fields: dict[str, str], name: str) -> None:
+        """Send a task notice: unlike :attr:`send`, a full inbox never fails the plan (its
+        oldest queued notice is dropped to make room, see :mod:`tinytown.scripts`)."""
+        self.send.append([agent_id, fields, name, True])
+
 
 @dataclass
 class Received:
@@ -114,11 +143,13 @@ class Channel:
     """Messages in and out of agents' inboxes.  Agents are addressed by id here."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, *, max_inbox: int = 10_000, max_receive_bytes: int = 0
+        self, redis: Redis, keys: Keys, *, max_inbox: int = 10_000, max_receive_bytes: int = 0,
+        retention: RetentionTimes | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.max_inbox = max_inbox
+        self.retention = retention or RetentionTimes()
         # message bodies in one receive batch (0: no cap); the rest waits for the next receive
         self.max_receive_bytes = max_receive_bytes
         self._sha = hashlib.sha1(TOWN_LUA.encode()).hexdigest()
@@ -238,6 +269,7 @@ class Channel:
                     int(redelivery_after_s * 1000), "1" if ack_previous else "0", EVENTS_MAXLEN,
                     self.max_receive_bytes, tag, ack_batch, "1" if first else "0",
                     "1" if final else "0", mine if ack_previous else "",
+                    self.retention.messages_s,
                 )
             if first and ack_batch and self._delivered.get(key) == ack_batch:
                 del self._delivered[key]
@@ -297,7 +329,14 @@ class Channel:
 
     async def touch(self, agent_id: str) -> None:
         """``last_seen`` = Redis's clock now (a heartbeat)."""
-        await self._run("touch", agent_id)
+        r = self.retention
+        await self._run("touch", agent_id, r.tasks_ms, r.events_ms, SWEEP_BATCH)
+
+    async def sweep(self, batch: int = SWEEP_BATCH) -> int:
+        """Expire up to ``batch`` tasks finished longer ago than the retention, and events
+        older than theirs; returns how many tasks went."""
+        r = self.retention
+        return int(await self._run("sweep", r.tasks_ms, r.events_ms, batch))
 
     async def ack(self, agent_id: str, message_ids: Sequence[str]) -> int:
         """Acknowledge in-flight messages; unknown or already-acked ids are ignored.
@@ -306,7 +345,7 @@ class Channel:
         """
         if not message_ids:
             return 0
-        return int(await self._run("ack", agent_id, *message_ids))
+        return int(await self._run("ack", agent_id, self.retention.messages_s, *message_ids))
 
     async def requeue(self, agent_id: str) -> int:
         """Put every in-flight message of the agent back at the front of its inbox."""
@@ -342,7 +381,12 @@ class Channel:
             "ring": plan.ring,
             "max_inbox": self.max_inbox,
             "maxlen": EVENTS_MAXLEN,
+            "acked_ttl": self.retention.messages_s,
         }
+        if plan.finish:
+            r = self.retention
+            body["finish"] = plan.finish
+            body["sweep"] = [r.tasks_ms, r.events_ms, SWEEP_BATCH]
         given = await self._run("apply", json.dumps(body))
         return [int(n) for n in given] if isinstance(given, list) else []
 

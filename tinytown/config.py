@@ -9,6 +9,7 @@ from the current directory (as git finds ``.git``).  Environment overrides the f
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,45 @@ class Limits(_Strict):
     max_receive_bytes: int = Field(100 * 1024, gt=0)
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from ``"14d"``-style text (``s``, ``m``, ``h``, ``d``, ``w``) or a whole number
+    of seconds.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value.lower())):
+        seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration: give seconds, or a number with s, m, h, d or w")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class RetentionSettings(_Strict):
+    """How long finished things are kept (seconds, or ``"14d"``-style text; ``0`` keeps them
+    forever).  Expiry is lazy: see :mod:`tinytown.retention`."""
+
+    tasks: int = 14 * 86400
+    """A completed, failed or cancelled task (its record, index entries and thread)."""
+    messages: int = 86400
+    """An acknowledged message."""
+    events: int = 14 * 86400
+    """An entry of the event stream (which also never holds more than ~10,000 entries)."""
+
+    @field_validator("tasks", "messages", "events", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> int:
+        return parse_duration(value)
+
+
 class AgentCliSettings(_Strict):
     """A custom preset: an argv template, never a shell string."""
 
@@ -122,6 +162,7 @@ class TownConfig(_Strict):
     idle_timeout_s: float | None = Field(None, gt=0)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     limits: Limits = Field(default_factory=Limits)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     agent_clis: dict[str, AgentCliSettings] = Field(default_factory=dict)
     # The file this config was read from and the digest of its bytes (for `tt trust`).
     _source: tuple[Path, str] | None = PrivateAttr(default=None)

@@ -30,7 +30,14 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
     tt:{town}:tasks:agent:<id>:<end>  zset   task id -> seq  the agent's tasks that ended in
                                              <end> (completed/failed/cancelled) while its own
     tt:{town}:schema                  string layout version of the town's data (migrations)
-    tt:{town}:events                  stream town events (XADD MAXLEN ~ 10000)
+    tt:{town}:events                  stream town events (XADD MAXLEN ~ 10000; XTRIM MINID by age)
+    tt:{town}:retention:finished      zset   task id -> finished-at ms (Redis clock): what expires
+                                             when (retention.py; SCRIPT ``sweep`` trims it)
+    tt:{town}:retention:notices:<id>  list   ids of task notices sent to the agent, oldest first:
+                                             the ones dropped first when its inbox is full
+    tt:{town}:retention:stats         hash   the snapshot ``tt stats`` measures growth against
+    tt:{town}:dependents:<id>         set    unfinished tasks that depend on task <id>: while
+                                             it exists the task never expires
     tt:{town}:order:<id>              hash   the lifecycle order to the agent's runner (stop,
                                              restart; ``now``), its progress and outcome
     tt:{town}:tokens                  hash   sha256(token) hex -> {"agent", "created"} JSON
@@ -179,3 +186,23 @@ class Keys:
     @property
     def tokens_used(self) -> str:
         return self.prefix + "tokens_used"
+
+    # ----------------------------------------------------------------- retention
+
+    @property
+    def finished(self) -> str:
+        """Finished tasks by the time they finished (the retention sweep's index; SCRIPT spells
+        it too: ``retention:finished``)."""
+        return self.prefix + "retention:finished"
+
+    def notices(self, agent_id: str) -> str:
+        """The task notices sent to an agent, oldest first (SCRIPT ``apply`` spells it too)."""
+        return f"{self.prefix}retention:notices:{checked_id(agent_id, 'agent id')}"
+
+    @property
+    def stats_snapshot(self) -> str:
+        return self.prefix + "retention:stats"
+
+    def dependents(self, task_id: str) -> str:
+        """Unfinished tasks depending on ``task_id``: the sweep keeps a task while this exists."""
+        return f"{self.prefix}dependents:{checked_id(task_id, 'task id')}"

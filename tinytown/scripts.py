@@ -17,7 +17,17 @@ One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
 ``counts``    the lengths of an agent's four inbox lists and of its in-flight set
 ``claim``     take the oldest (or a given) backlog task for an agent
 ``apply``     a guarded plan computed in Python: compare-and-set guards, inbox limits, then
-              hash/zset writes, messages and events — all or nothing
+              hash/zset writes, messages and events — all or nothing; a plan that finishes
+              tasks records when, and sweeps what has outlived the retention
+``sweep``     expire finished tasks older than the retention (a bounded batch), trim events
+
+Retention (``[retention]``, :mod:`tinytown.retention`): an acknowledged message gets an
+EXPIRE; a finished task is recorded in ``retention:finished`` by the time it finished, and a
+bounded sweep (in the plan that finishes a task, on every heartbeat) deletes the records,
+index entries and threads of tasks finished longer ago than the retention — except a task
+``dependents:<id>`` still names.  A task notice (``task_done`` and the like, to the creator)
+never fails its plan: when the inbox is full, the oldest queued notice is dropped to make room
+(none queued: the new notice is dropped).
 
 Every check runs before the first write, so an error leaves nothing half-written.  Errors
 are replies of the form ``"<code>: <sentence>"`` (see :mod:`tinytown.errors`).
@@ -51,7 +61,9 @@ if DEADLINE > 0 and NOW > DEADLINE then
     ' ms after its caller had given up on it; nothing was changed')
 end
 local PRIOS = {'urgent', 'high', 'normal', 'low'}
+-- seconds an acknowledged message is kept (0: forever); each op that acknowledges sets it
 local ACKED_TTL = 86400
+local FINISHED = {completed = true, failed = true, cancelled = true}
 
 local function fail(code, msg) return redis.error_reply(code .. ': ' .. msg) end
 
@@ -113,7 +125,58 @@ end
 local function forget(agent, id)
   redis.call('ZREM', P .. 'inflight:' .. agent, id)
   redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
-  redis.call('EXPIRE', P .. 'msg:' .. id, ACKED_TTL)
+  if ACKED_TTL > 0 then redis.call('EXPIRE', P .. 'msg:' .. id, ACKED_TTL) end
+end
+
+-- retention: delete up to `limit` tasks that finished more than keep_ms ago, with their index
+-- entries and thread; a task an unfinished task depends on is looked at again later.  Events
+-- older than events_ms go too.  Returns how many tasks were deleted.
+local function sweep(keep_ms, events_ms, limit)
+  if events_ms > 0 then
+    redis.call('XTRIM', P .. 'events', 'MINID', '~', string.format('%d', NOW - events_ms))
+  end
+  if keep_ms <= 0 then return 0 end
+  local fkey = P .. 'retention:finished'
+  local due = redis.call('ZRANGEBYSCORE', fkey, '-inf', NOW - keep_ms, 'LIMIT', 0, limit)
+  local n = 0
+  for _, id in ipairs(due) do
+    local tkey = P .. 'task:' .. id
+    local t = redis.call('HMGET', tkey, 'state', 'assigned_to', 'number')
+    if t[1] and not FINISHED[t[1]] then
+      redis.call('ZREM', fkey, id)
+    elseif redis.call('EXISTS', P .. 'dependents:' .. id) == 1 then
+      redis.call('ZADD', fkey, NOW, id)
+    else
+      redis.call('DEL', tkey, P .. 'task_msgs:' .. id)
+      redis.call('ZREM', P .. 'tasks', id)
+      if t[1] then redis.call('ZREM', P .. 'tasks:state:' .. t[1], id) end
+      if t[2] then
+        redis.call('ZREM', P .. 'tasks:agent:' .. t[2], id)
+        redis.call('ZREM', P .. 'tasks:open:' .. t[2], id)
+        if t[1] then redis.call('ZREM', P .. 'tasks:agent:' .. t[2] .. ':' .. t[1], id) end
+      end
+      if t[3] then redis.call('HDEL', P .. 'task_numbers', t[3]) end
+      redis.call('ZREM', fkey, id)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- a full inbox makes room for a task notice by dropping the oldest notice still queued
+-- (never delivered); ids of notices delivered meanwhile are discarded on the way
+local function drop_oldest_notice(agent)
+  local nkey = P .. 'retention:notices:' .. agent
+  for _ = 1, 1000 do
+    local id = redis.call('LPOP', nkey)
+    if not id then return false end
+    local m = redis.call('HMGET', P .. 'msg:' .. id, 'priority', 'delivery_count')
+    if m[1] and m[2] == '0' and redis.call('LREM', inbox(agent, m[1]), 1, id) == 1 then
+      redis.call('DEL', P .. 'msg:' .. id)
+      return true
+    end
+  end
+  return false
 end
 
 -- move in-flight ids of one agent back to the front, oldest delivery first in line
@@ -232,7 +295,7 @@ if OP == 'send' then
 end
 
 -- ARGV: deadline, agent, session, max, redelivery_ms, ack_previous, maxlen, max_bytes, batch,
---       ack_batch, claim, release, mine
+--       ack_batch, claim, release, mine, acked_ttl
 -- batch: this receive's tag ("<session>/<process>/<n>"), written on every message it delivers, so a
 -- batch can be acknowledged or put back as a whole.  claim ('1' on a receive's first call)
 -- makes it the agent's one waiting receive: an older one still waiting is woken and finds
@@ -254,6 +317,7 @@ if OP == 'receive' then
   local claim = ARGV[13] == '1'
   local release = ARGV[14] == '1'
   local mine = ARGV[15] or ''
+  ACKED_TTL = tonumber(ARGV[16] or ACKED_TTL)
   local akey = P .. 'agent:' .. agent
   local rkey = P .. 'receiver:' .. agent
   local a = redis.call('HMGET', akey, 'name', 'session', 'state')
@@ -372,19 +436,27 @@ if OP == 'requeue_batch' then
   return requeue_ids(agent, back)
 end
 
--- ARGV: deadline, agent: a sign of life, stamped with Redis's clock
+-- ARGV: deadline, agent, tasks_keep_ms, events_keep_ms, sweep batch: a sign of life, stamped
+-- with Redis's clock; and a bounded retention sweep
 if OP == 'touch' then
   local akey = P .. 'agent:' .. ARGV[4]
   if redis.call('EXISTS', akey) == 0 then return fail('not_found', 'this agent is no longer registered') end
   redis.call('HSET', akey, 'last_seen', NOW)
+  sweep(tonumber(ARGV[5] or '0'), tonumber(ARGV[6] or '0'), tonumber(ARGV[7] or '0'))
   return NOW
 end
 
--- ARGV: deadline, agent, id...
+-- ARGV: deadline, tasks_keep_ms, events_keep_ms, batch -> how many tasks expired
+if OP == 'sweep' then
+  return sweep(tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+end
+
+-- ARGV: deadline, agent, acked_ttl, id...
 if OP == 'ack' then
   local agent = ARGV[4]
+  ACKED_TTL = tonumber(ARGV[5])
   local n = 0
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     if redis.call('ZSCORE', P .. 'inflight:' .. agent, ARGV[i]) then
       forget(agent, ARGV[i]); n = n + 1
     end
@@ -449,7 +521,11 @@ end
 --         zadd = {{key, score, member}}, zrem = {{key, member}}, del = {key},
 --         send = {{agent, fields}}, events = {{type, data}}, conflict = sentence,
 --         stamp = {{key, field}}: set to Redis's clock (last_seen and the like),
---         number = {{counter, index, task key, task id}}}
+--         number = {{counter, index, task key, task id}},
+--         finish = {task id}: finished now (the retention index), acked_ttl,
+--         sweep = {tasks_keep_ms, events_keep_ms, batch}}
+-- a send entry {agent, fields, name, true} is a task notice: it never fails the plan (see
+-- drop_oldest_notice; with no notice to drop it is not sent)
 -- number: each new task gets the next per-town number (field "number" and index
 -- number -> id) in this same write; the reply is the list of numbers given
 if OP == 'apply' then
@@ -464,10 +540,11 @@ if OP == 'apply' then
     if redis.call('ZCARD', P .. l[1]) >= tonumber(l[2]) then return fail(l[3], l[4]) end
   end
   for _, s in ipairs(plan.send or {}) do
-    if inbox_size(s[1]) >= plan.max_inbox then
+    if not s[4] and inbox_size(s[1]) >= plan.max_inbox then
       return fail('invalid', 'the inbox of ' .. s[3] .. ' is full; nothing was changed')
     end
   end
+  if plan.acked_ttl then ACKED_TTL = tonumber(plan.acked_ttl) end
   for _, h in ipairs(plan.hset or {}) do hset_table(P .. h[1], h[2]) end
   local numbers = {}
   for _, n in ipairs(plan.number or {}) do
@@ -491,13 +568,26 @@ if OP == 'apply' then
     end
   end
   for _, s in ipairs(plan.send or {}) do
-    hset_table(P .. 'msg:' .. s[2].id, s[2])
-    push(s[1], s[2].id, s[2].priority, false)
-    if s[2].task_id then join_thread(s[2].task_id, s[2].id, s[2]) end
+    local room = true
+    if s[4] then
+      room = inbox_size(s[1]) < plan.max_inbox or drop_oldest_notice(s[1])
+    end
+    if room then
+      hset_table(P .. 'msg:' .. s[2].id, s[2])
+      push(s[1], s[2].id, s[2].priority, false)
+      if s[2].task_id then join_thread(s[2].task_id, s[2].id, s[2]) end
+      if s[4] then
+        local nkey = P .. 'retention:notices:' .. s[1]
+        redis.call('RPUSH', nkey, s[2].id)
+        redis.call('LTRIM', nkey, -plan.max_inbox, -1)
+      end
+    end
   end
+  for _, id in ipairs(plan.finish or {}) do redis.call('ZADD', P .. 'retention:finished', NOW, id) end
   for _, e in ipairs(plan.events or {}) do event(e[1], e[2], plan.maxlen) end
   -- a resumed agent's waiting receive looks at its inbox again
   for _, aid in ipairs(plan.ring or {}) do if inbox_size(aid) > 0 then ring(aid) end end
+  if plan.sweep then sweep(plan.sweep[1], plan.sweep[2], plan.sweep[3]) end
   return numbers
 end
 

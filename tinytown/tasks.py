@@ -468,7 +468,8 @@ class TaskOps:
             for agent in notify.values():
                 msg = Message(id=str(uuid.uuid4()), sender=caller.name, to=agent.name, kind=kind,
                               body=body, priority=task.priority, task_id=task.id)
-                plan.send.append([agent.id, msg.to_redis(), agent.name])
+                plan.notice(agent.id, msg.to_redis(), agent.name)
+            plan.finish.append(task.id)
             plan.event(f"task.{target.value}", task_id=task.id, by=caller.name, attempt=task.attempt,
                        decided_by=decider.value)
             await self.channel.apply(plan)

@@ -51,6 +51,7 @@ from tinytown.models import (
 from tinytown.orders import Orders
 from tinytown.private import secure_runtime
 from tinytown.processes import this_host
+from tinytown.retention import Retention, retention_times
 from tinytown.schema import upgrade
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
@@ -108,7 +109,8 @@ class Town(TaskOps, LifecycleOps):
         self.paths = paths
         self.keys = Keys(config.name)
         self.channel = Channel(redis, self.keys, max_inbox=config.limits.max_inbox,
-                               max_receive_bytes=config.limits.max_receive_bytes)
+                               max_receive_bytes=config.limits.max_receive_bytes,
+                               retention=retention_times(config))
         self.redis_display = redis_display or mask_url(config.redis.url) or "(injected client)"
         self._owns_redis = False
         self._ids: dict[str, str] = {}
@@ -119,6 +121,8 @@ class Town(TaskOps, LifecycleOps):
         """What agents said: the history with message bodies, each task's thread."""
         self.tokens = Tokens(self)
         """The bearer tokens of ``tt serve`` (one names one agent)."""
+        self.retention = Retention(self)
+        """What expires when, and ``stats``: keys, memory and growth per kind."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -460,7 +464,8 @@ class Town(TaskOps, LifecycleOps):
                    "agent changed")
         plan.delete += [self._k(k) for k in (
             self.keys.agent(agent.id), self.keys.bell(agent.id), self.keys.inflight(agent.id),
-            *self.keys.agent_task_keys(agent.id), *self.keys.inboxes(agent.id),
+            *self.keys.agent_task_keys(agent.id), self.keys.notices(agent.id),
+            *self.keys.inboxes(agent.id),
         )]
         plan.hdel.append([self._k(self.keys.agent_names), [agent.name]])
         plan.zrem.append([self._k(self.keys.agents), agent.id])
