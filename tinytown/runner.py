@@ -19,12 +19,16 @@ lock, takes over its mailbox and loops:
    else failed; ``decided_by = exit_code``).  Then the round's messages are acknowledged;
 4. a batch of only ``info``/``ack``/notices is acknowledged without a run.
 
-Signals: SIGTERM or SIGINT stop the runner after the current round (``tt kill``); a second
-one kills the round's CLI (Ctrl-C twice on a runner started by hand).  When the
-round's CLI is killed by a signal while a stop is pending (``tt kill --now`` signals the whole
-process group), the round is abandoned: its messages stay in flight and its tasks running,
-and the killer recovers them.  ``max_rounds`` and ``idle_timeout_s`` end the loop.  On every
-way out the agent is left ``stopped`` (``error`` after a crash, logged with the traceback).
+Orders (:mod:`tinytown.orders`, what ``tt kill``/``restart``/``stop`` send from any machine):
+the runner wakes on an ``agent.order`` event while it waits for mail or runs a round, and
+reads its order key between rounds.  A stop ends the loop after the current round; ``now``
+also kills the round's CLI; a restart starts the successor (``--after-pid``) before leaving.
+Signals: SIGTERM or SIGINT stop the runner after the current round; a second one kills the
+round's CLI (Ctrl-C twice on a runner started by hand).  A round cut off while a stop is
+pending is given back by the runner itself: its tasks to the backlog, its messages to the
+inbox (logged, and recorded in the order's outcome).  ``max_rounds`` and ``idle_timeout_s``
+end the loop.  On every way out the agent is left ``stopped`` (``error`` after a crash,
+logged with the traceback).
 
 Sessions: the runner owns the agent's mailbox session.  Each round gets a credential
 (:meth:`Town.begin_round`) that the generated MCP config passes to ``tinytown-mcp`` as

@@ -13,11 +13,12 @@ that is gone" can be checked and repaired: :meth:`recover` does it for the whole
 Who may do what: the conductor may spawn, kill, restart, pause and resume any agent; any other
 agent may spawn agents, and act on itself or on agents it spawned (``spawned_by``).
 
-Signals (local: runners live on the machine that holds the town directory): ``kill`` sends
-SIGTERM to the runner alone, which stops after its current round (the round's CLI shares the
-runner's process group and is not interrupted); ``kill --now`` signals the whole group, so
-the CLI goes too and the round's work is recovered; a runner still there after ``timeout_s``
-gets SIGKILL (the group) and is recovered.
+Stopping (``kill``, ``restart``, ``stop_all``) goes through :mod:`tinytown.orders`: the runner,
+on this machine or another, gets an order through Redis and carries it out itself (finishes
+its round, or with ``now`` cuts it off and gives the round's work back).  Nothing here acts
+on a live runner's process or work from outside; only a runner that is demonstrably dead (its
+lock free here, or no heartbeat for ``stale_after_s``) is recovered, and a runner on this
+machine that ignores a ``now`` order past its grace gets SIGKILL and is recovered.
 """
 
 from __future__ import annotations

@@ -101,8 +101,9 @@ async def kill_agent(
     ctx: ToolContext,
     name: Annotated[str, Field(min_length=1, max_length=32, description="The agent to stop.")],
 ) -> CallToolResult:
-    """Stop an agent's runner process (it finishes its current round first). Its unfinished tasks
-    stay assigned to it; the conductor can recover them."""
+    """Stop an agent's runner, on whatever machine it runs. It finishes its current round first
+    (up to 10 s; then the round is cut off and its tasks go back to the backlog); tasks still
+    queued for it stay assigned to it."""
 
     async def call(s: Session) -> dict[str, Any]:
         return {"agent": await s.town.kill_agent(name, by=s.agent)}
