@@ -272,6 +272,11 @@ def test_an_agents_round_log_tail_is_shown_and_follows_what_is_appended(
     expect(log).to_contain_text("round two begins")  # a newer round is followed
     expect(log).not_to_contain_text("thinking about")
 
+    page.click("#agents tr[data-agent=bob] td >> nth=0")
+    expect(log).to_have_text("bob has not run a round yet.")
+    (dashboard.root / ".tt" / "logs" / "bob.round-1.log").write_text("bob's first round\n")
+    expect(log).to_have_text("bob's first round\n")  # its first round is waited for, as tt logs -f does
+
 
 def request(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     try:

@@ -271,7 +271,7 @@ async function pumpLog() {
   d.busy = true;
   stopLog();
   try {
-    const params = { round: d.round, offset: d.offset };
+    const params = { round: d.round || null, offset: d.round ? d.offset : null };
     const log = await api(`/api/logs/${encodeURIComponent(d.agent)}${query(params)}`);
     if (page.detail !== d) return;
     const newest = Math.max(0, ...log.rounds);
