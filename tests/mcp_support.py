@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+import anyio
 from mcp.client import Client
+from mcp.client.extension import ClientExtension, NotificationBinding
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_types import CallToolResult
+from pydantic import BaseModel
 
 from tinytown.town import Town
 from tinytown_mcp import build_server
@@ -33,12 +36,17 @@ async def connect(town: Town, agent: str = "conductor", **options: Any) -> Async
 
 @asynccontextmanager
 async def stdio(
-    env: dict[str, str], agent: str | None, errlog: TextIO | None = None, command: list[str] | None = None
+    env: dict[str, str], agent: str | None, errlog: TextIO | None = None, command: list[str] | None = None,
+    *, args: Sequence[str] = (), extensions: Sequence[ClientExtension] = (), legacy: bool = False,
 ) -> AsyncIterator[Client]:
-    """A session with a real ``tinytown-mcp --agent AGENT`` process (or ``command``) over stdio."""
-    argv = [*(command or [str(SCRIPT)]), *(["--agent", agent] if agent else [])]
+    """A session with a real ``tinytown-mcp --agent AGENT [ARGS]`` process (or ``command``)
+    over stdio; ``extensions`` go to the client (e.g. one observing channel notifications);
+    ``legacy`` opens with the ``initialize`` handshake, as Claude Code does."""
+    argv = [*(command or [str(SCRIPT)]), *(["--agent", agent] if agent else []), *args]
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-    async with Client(stdio_client(params, errlog=errlog or sys.stderr)) as client:
+    transport = stdio_client(params, errlog=errlog or sys.stderr)
+    async with Client(transport, extensions=list(extensions) or None,
+                      mode="legacy" if legacy else "auto") as client:
         yield client
 
 
@@ -67,3 +75,39 @@ async def refused(client: Client, tool: str, code: str, **arguments: Any) -> str
     text = error_text(await client.call_tool(tool, arguments))
     assert text.startswith(f"{code}: "), text
     return text
+
+
+class ChannelEvent(BaseModel):
+    """The params of a ``notifications/claude/channel`` as a client receives them."""
+
+    content: str
+    meta: dict[str, str] = {}
+
+
+class ChannelObserver(ClientExtension):
+    """A client extension that collects the server's channel notifications (the SDK hands
+    a vendor notification only to an extension that binds its method)."""
+
+    identifier = "test.tinytown/channel-observer"
+
+    def __init__(self) -> None:
+        self.events: list[ChannelEvent] = []
+        self._taken = 0
+        self._arrived = anyio.Event()
+
+    def notifications(self) -> Sequence[NotificationBinding[Any]]:
+        return [NotificationBinding(method="notifications/claude/channel", params_type=ChannelEvent,
+                                    handler=self._got)]
+
+    async def _got(self, event: ChannelEvent) -> None:
+        self.events.append(event)
+        self._arrived.set()
+        self._arrived = anyio.Event()
+
+    async def next(self, timeout_s: float = 30) -> ChannelEvent:
+        """The next event this method has not returned yet, waiting at most ``timeout_s``."""
+        with anyio.fail_after(timeout_s):
+            while len(self.events) <= self._taken:
+                await self._arrived.wait()
+        self._taken += 1
+        return self.events[self._taken - 1]

@@ -117,12 +117,21 @@ def server_env(client: Client = "claude") -> dict[str, str]:
     return {REDIS_URL: "${REDIS_URL}"}
 
 
-def server_entry(root: Path, agent: str, client: Client = "claude") -> dict[str, Any]:
-    """``{"command": ..., "args": [...], "env": {...}}`` for one agent of the town at ``root``."""
+PUSH_FLAG = "--push"
+"""The server flag of a session that gets new mail pushed as Claude Code channel events."""
+CHANNELS_HINT = ("start Claude Code with `claude --dangerously-load-development-channels "
+                 f"server:{SERVER_KEY}` (Claude Code >= 2.1.80) to see pushed mail")
+
+
+def server_entry(root: Path, agent: str, client: Client = "claude", *, push: bool = False) -> dict[str, Any]:
+    """``{"command": ..., "args": [...], "env": {...}}`` for one agent of the town at ``root``
+    (``push``: the server pushes new mail, see :data:`PUSH_FLAG`)."""
     command, *prefix = server_command()
     return {
         "command": command,
-        "args": [*prefix, "--town", str(Path(root).resolve()), "--agent", agent],
+        # --agent NAME stays last: gemini_server_entry rewrites it
+        "args": [*prefix, "--town", str(Path(root).resolve()), *([PUSH_FLAG] if push else []),
+                 "--agent", agent],
         "env": server_env(client),
     }
 
@@ -132,13 +141,13 @@ def with_claude_code_keys(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "timeout": TOOL_TIMEOUT_S * 1000, "alwaysLoad": True}
 
 
-def client_config(root: Path, agent: str, client: Client = "claude") -> str:
+def client_config(root: Path, agent: str, client: Client = "claude", *, push: bool = False) -> str:
     """The text to paste into ``client``'s MCP configuration (see :data:`WHERE`).
 
     Raises:
         ValueError: an unknown client.
     """
-    entry = server_entry(root, agent, client)
+    entry = server_entry(root, agent, client, push=push)
     if client == "codex":
         return tomli_w.dumps({"mcp_servers": {SERVER_KEY: codex_server_table(entry)}})
     if client == "gemini":

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from tinytown.errors import TinytownError
 from tinytown.masking import scrub
+from tinytown.push import PushFeed
 from tinytown.town import Town
 
 log = logging.getLogger("tinytown_mcp")
@@ -51,6 +52,8 @@ class Session:
     """Request id -> batch name of this session's recent receives, for :meth:`abandoned`."""
     spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None
     """Starts a background task that lives as long as the session."""
+    push: PushFeed | None = None
+    """New mail pushed to the client, for a session that opted in (:mod:`tinytown_mcp.push`)."""
 
     def receipt(self, request_id: str) -> str:
         """A batch name for the receive with this request id (remembered for a while)."""

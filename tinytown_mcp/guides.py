@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from tinytown.models import CONDUCTOR
 
+CHANNEL_EVENTS = (
+    "Mail may also reach you on its own as a channel event, `<channel source=\"tinytown\" "
+    "from=… kind=… priority=… message_id=… task=#N …>body</channel>`: that is a message "
+    "for you, delivered already (`receive` will not return it again). Act on it as on a received "
+    "message: a `task` → do it and finish with `task_done`/`task_failed` (task_id from the "
+    "event); a `query` → answer with `send_message` (reply_to = its message_id); anything else "
+    "→ read it and call `ack` with its message_id. Until you act on it (task_done/task_failed, "
+    "a reply, `ack`, or your next `receive`), it stays yours to handle and comes back if your "
+    "session ends. A `folded=\"true\"` event shows only the start of the body: call `receive` "
+    "for the whole message."
+)
 
-def instructions(agent: str, town: str) -> str:
-    """The server's ``instructions``: who the caller is, where, and the one habit that matters."""
+
+def instructions(agent: str, town: str, *, push: bool = False) -> str:
+    """The server's ``instructions``: who the caller is, where, and the one habit that matters
+    (and, for a session with push, what a channel event is)."""
     who = (
         "the conductor (the human's mailbox: you assign work, answer agents, and may act on any task)"
         if agent == CONDUCTOR
@@ -21,6 +34,7 @@ def instructions(agent: str, town: str) -> str:
         "`query` messages with `send_message` (reply_to = the message id). Every result carries "
         "`inbox.pending`/`inbox.urgent`: when they are non-zero, call `receive` soon. Errors start "
         "with a code (not_found, invalid, forbidden, conflict, unavailable) and say what to do."
+        + (f"\n{CHANNEL_EVENTS}" if push else "")
     )
 
 
@@ -38,6 +52,15 @@ How you work here, in a loop:
    - kind `info`, `ack`, `task_done`, `task_failed`, `task_cancelled`: read and carry on.
 3. Back to 1. Calling `receive` again acknowledges the batch you were given; if your session
    dies before that, the messages come back to you (delivery_count goes up).
+
+Mail pushed to you: a session started with push (`tinytown-mcp --push`) also gets each new
+message on its own as a channel event, `<channel source="tinytown" from=… kind=…
+message_id=… task=#N …>body</channel>`. It is delivered already: handle it as in step 2
+(task_id and message_id are in the event's attributes), then it is done when you call
+task_done/task_failed for its task, reply with reply_to = its message_id, or `ack` it (an
+info you only read); your next `receive` also acknowledges every event before it. One you
+did not act on comes back if your session ends. `folded="true"`: only the start of the body
+is shown; `receive` returns the whole message.
 
 Other tools: `whoami` (your record and current task), `send_message` (to a name,
 'conductor' for the human, 'all' for everyone), `claim_task` (take work from the backlog),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from mcp.server.context import CallNext, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import (
@@ -36,6 +37,7 @@ from mcp_types import (
     InputRequiredResult,
     JSONRPCMessage,
     JSONRPCNotification,
+    ServerCapabilities,
 )
 from pydantic import ValidationError
 
@@ -48,7 +50,7 @@ from tinytown.models import CONDUCTOR, normalise_agent_name
 from tinytown.private import PrivateFileHandler, use_private_umask
 from tinytown.processes import mcp_log_path
 from tinytown.town import Town
-from tinytown_mcp import guides
+from tinytown_mcp import guides, push
 from tinytown_mcp.adapter import Session, failure, unexpected
 from tinytown_mcp.arguments import ArgumentGate
 from tinytown_mcp.resources import register_prompts, register_resources
@@ -76,17 +78,20 @@ class TownServer(MCPServer[Session]):
         progress_every_s: float = PROGRESS_EVERY_S,
         round_credential: str | None = None,
         take_over: bool = False,
+        push: bool = False,
     ) -> None:
         self.town = town
         self.agent = agent
         self.progress_every_s = progress_every_s
         self.round_credential = round_credential
         self.take_over = take_over
+        self.push = push
         tools = catalogue()
         self.gate = ArgumentGate({tool.name: tool.parameters for tool in tools})
         super().__init__(
             name="tinytown", title=f"Tinytown {town.name}", version=tinytown.__version__,
-            instructions=guides.instructions(agent, town.name), tools=tools, lifespan=_lifespan,
+            instructions=guides.instructions(agent, town.name, push=push), tools=tools,
+            lifespan=_lifespan,
             log_level="WARNING",
         )
         register_resources(self, town, agent)
@@ -95,6 +100,8 @@ class TownServer(MCPServer[Session]):
         self._lowlevel_server.add_notification_handler(
             "notifications/cancelled", CancelledNotificationParams, self._on_cancelled
         )
+        self._lowlevel_server.middleware.append(self._start_push)
+        _declare_channel(self)
 
     def _observe(self, message: JSONRPCMessage) -> None:
         """Sees each message as the transport reads it: a cancelled receive's batch is taken
@@ -111,6 +118,17 @@ class TownServer(MCPServer[Session]):
             session = ctx.lifespan_context
             if isinstance(session, Session):
                 session.abandoned(params.request_id)
+
+    async def _start_push(self, ctx: ServerRequestContext[Session, Any], call_next: CallNext) -> Any:
+        """Middleware: once the client is ready for notifications (after its
+        ``notifications/initialized``, or its first request on a connection of the 2026 era,
+        which has no handshake), an opted-in session starts its push."""
+        result = await call_next(ctx)
+        session = ctx.lifespan_context
+        if (self.push and ctx.method != "initialize" and isinstance(session, Session)
+                and session.push is None and not session.in_round):
+            push.attach(session, ctx.session)
+        return result
 
     async def run_stdio_async(self) -> None:
         """Serve stdio with :func:`~tinytown_mcp.stdio.pipe_stdio` (no thread per message)."""
@@ -144,14 +162,37 @@ def build_server(
     progress_every_s: float = PROGRESS_EVERY_S,
     round_credential: str | None = None,
     take_over: bool = False,
+    push: bool = False,
 ) -> TownServer:
     """The MCP server for ``agent`` in ``town`` (the town stays the caller's to close).
 
     ``round_credential``: join the runner's session of the round it was made for (what
-    ``TINYTOWN_ROUND`` carries); ``take_over``: take the mailbox even from a live runner.
+    ``TINYTOWN_ROUND`` carries); ``take_over``: take the mailbox even from a live runner;
+    ``push``: send each new message to the client as a channel notification
+    (:mod:`tinytown_mcp.push`).
     """
     return TownServer(town, normalise_agent_name(agent), progress_every_s=progress_every_s,
-                      round_credential=round_credential, take_over=take_over)
+                      round_credential=round_credential, take_over=take_over, push=push)
+
+
+def _declare_channel(server: MCPServer[Session]) -> None:
+    """Every transport (stdio, in memory, HTTP; handshake or ``server/discover``) asks the
+    low-level server for its capabilities: they declare ``experimental["claude/channel"]``."""
+    lowlevel = server._lowlevel_server
+    capabilities = lowlevel.get_capabilities
+
+    def with_channel(
+        notification_options: Any = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> ServerCapabilities:
+        experimental = {**push.CAPABILITIES, **(experimental_capabilities or {})}
+        return capabilities(notification_options, experimental, extensions,
+                            protocol_version=protocol_version)
+
+    lowlevel.get_capabilities = with_channel  # type: ignore[method-assign]
 
 
 @asynccontextmanager
@@ -172,19 +213,26 @@ async def _lifespan(server: MCPServer[Session]) -> AsyncIterator[Session]:
     session = Session(town=town, agent=agent.name, session_id=session_id,
                       progress_every_s=server.progress_every_s,
                       in_round=server.round_credential is not None)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_heartbeat, town, agent.name, min(HEARTBEAT_MAX_S, town.config.stale_after_s / 3))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_heartbeat, town, agent.name,
+                          min(HEARTBEAT_MAX_S, town.config.stale_after_s / 3))
 
-        def spawn(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
-            tg.start_soon(job)
+            def spawn(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+                tg.start_soon(job)
 
-        session.spawn = spawn
-        server.session = session
-        try:
-            yield session
-        finally:
-            server.session = None
-            tg.cancel_scope.cancel()
+            session.spawn = spawn
+            server.session = session
+            try:
+                yield session
+            finally:
+                server.session = None
+                tg.cancel_scope.cancel()
+    finally:
+        if session.push is not None:  # (its feed has stopped with the task group)
+            back = await session.push.close()
+            log.info("session %s for %s: %d pushed message(s) not acted on went back to the inbox",
+                     session_id, agent.name, back)
     log.info("session %s for %s ended", session_id, agent.name)
 
 
@@ -211,6 +259,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the caller's identity (default: $TINYTOWN_AGENT, else conductor)")
     parser.add_argument("--take-over", action="store_true",
                         help="take the agent's mailbox even from its live runner (the runner stops)")
+    parser.add_argument("--push", action="store_true",
+                        help="push each new message to the client as a Claude Code channel event "
+                             "(notifications/claude/channel)")
     parser.add_argument("--log-level", default=os.environ.get("TINYTOWN_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level of .tt/logs/mcp-AGENT.log (stderr gets warnings and errors only)")
@@ -259,7 +310,9 @@ def resolve_identity(explicit: str | None) -> str:
     return normalise_agent_name(explicit or os.environ.get("TINYTOWN_AGENT") or CONDUCTOR)
 
 
-async def serve(town_path: Path | None, agent: str, take_over: bool = False) -> None:
+async def serve(
+    town_path: Path | None, agent: str, take_over: bool = False, push: bool = False
+) -> None:
     """Open the town (starting its managed Redis if needed) and serve stdio until EOF.
 
     Raises:
@@ -274,7 +327,8 @@ async def serve(town_path: Path | None, agent: str, take_over: bool = False) -> 
         log.info("tinytown-mcp %s (pid %d) serving %s as %s (Redis %s, log %s)",
                  tinytown.__version__, os.getpid(), town.name, agent, town.redis_display, logfile)
         server = build_server(
-            town, agent, round_credential=round_credential_for(agent), take_over=take_over
+            town, agent, round_credential=round_credential_for(agent), take_over=take_over,
+            push=push,
         )
         await server.run_stdio_async()
     finally:
@@ -288,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.log_level)
     try:
         agent = resolve_identity(args.agent)
-        anyio.run(serve, args.town, agent, args.take_over)
+        anyio.run(serve, args.town, agent, args.take_over, args.push)
     except TinytownError as error:
         sys.stderr.write(f"tinytown-mcp: {scrub(str(error))}\n")
         sys.exit(1)

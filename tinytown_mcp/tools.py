@@ -8,6 +8,7 @@ bounds; the caller's identity is never an argument (it is fixed per session).
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver.tools import Tool
@@ -237,6 +238,8 @@ async def send_message(
 
     async def call(s: Session) -> dict[str, Any]:
         receipt = await s.town.send(s.agent, to, body, kind=kind, priority=priority, reply_to=reply_to)
+        if reply_to and s.push is not None:
+            await s.push.acted_on([reply_to])  # a reply shows the pushed message was seen
         return {"message": receipt.message, "copies": len(receipt.copies)}
 
     return await answer(ctx, "send_message", call)
@@ -262,10 +265,12 @@ async def receive(
         async def progress(elapsed_s: float, total_s: float) -> None:
             await ctx.report_progress(elapsed_s, total_s, f"waiting for messages ({elapsed_s:.0f} s)")
 
-        got = await s.town.receive(
-            s.agent, timeout_s=timeout_s, max_messages=max_messages, session=s.session_id,
-            batch=s.receipt(ctx.request_id), progress=progress, progress_every_s=s.progress_every_s,
-        )
+        async with s.push.receiving() if s.push is not None else nullcontext():
+            got = await s.town.receive(
+                s.agent, timeout_s=timeout_s, max_messages=max_messages, session=s.session_id,
+                batch=s.receipt(ctx.request_id), progress=progress,
+                progress_every_s=s.progress_every_s,
+            )
         # the counts come with the batch: no second Redis call on the hop's critical path
         inbox = {"pending": got.inbox.pending, "urgent": got.inbox.urgent}
         return {"messages": got.messages, "timed_out": got.timed_out, "inbox": inbox}
@@ -282,7 +287,10 @@ async def ack(
     dies. Optional: your next receive (or task_done/task_failed) acknowledges them too."""
 
     async def call(s: Session) -> dict[str, Any]:
-        return {"acknowledged": await s.town.ack(s.agent, message_ids)}
+        acknowledged = await s.town.ack(s.agent, message_ids)
+        if s.push is not None:
+            s.push.forget(message_ids)
+        return {"acknowledged": acknowledged}
 
     return await answer(ctx, "ack", call)
 

@@ -13,7 +13,15 @@ import typer
 
 from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run_plain, state
 from tinytown.config import find_town_root
-from tinytown.mcp_config import CLIENTS, WHERE, Client, client_config, secrets_note, server_entry
+from tinytown.mcp_config import (
+    CHANNELS_HINT,
+    CLIENTS,
+    WHERE,
+    Client,
+    client_config,
+    secrets_note,
+    server_entry,
+)
 from tinytown.models import AGENT_NAME_RE, CONDUCTOR, normalise_agent_name
 
 if TYPE_CHECKING:
@@ -37,6 +45,9 @@ def config(
     token: Annotated[str | None, typer.Option(
         "--token",
         help="With --http: the agent's bearer token (default: a new one, `tt token add`).")] = None,
+    push: Annotated[bool, typer.Option(
+        "--push", help="The server pushes each new message into the session as a Claude Code "
+        "channel event (tinytown-mcp --push).")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Print the MCP server config that connects CLIENT to this town as AGENT."""
@@ -52,14 +63,16 @@ def config(
         fail("invalid: --token goes with --http (a stdio server needs no token)", code=2)
     root = run_plain(lambda: find_town_root(state(ctx).town))
     chosen: Client = client  # type: ignore[assignment]  # checked against CLIENTS above
-    text = client_config(root, name, chosen)
+    text = client_config(root, name, chosen, push=push)
     note = secrets_note(chosen)
     if note:
         typer.echo(f"tt: {note}", err=True)
+    if push and chosen == "claude":
+        typer.echo(f"tt: {CHANNELS_HINT}", err=True)
     if json_out:
         print_json({
             "client": chosen, "agent": name, "town": str(root), "where": WHERE[chosen],
-            "server": server_entry(root, name, chosen), "config": text,
+            "server": server_entry(root, name, chosen, push=push), "config": text,
         })
         return
     typer.echo(text, nl=False)
