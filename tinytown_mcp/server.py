@@ -31,6 +31,7 @@ import anyio
 from mcp.server.context import CallNext, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.runner import serve_loop
 from mcp_types import (
     CallToolResult,
     CancelledNotificationParams,
@@ -131,11 +132,22 @@ class TownServer(MCPServer[Session]):
         return result
 
     async def run_stdio_async(self) -> None:
-        """Serve stdio with :func:`~tinytown_mcp.stdio.pipe_stdio` (no thread per message)."""
+        """Serve stdio with :func:`~tinytown_mcp.stdio.pipe_stdio` (no thread per message).
+
+        With push, only the ``initialize`` handshake era is served: on a 2026-07-28 connection
+        a server has no path for unsolicited notifications, and Claude Code registers no
+        channel on one.  A client's ``server/discover`` probe is refused before the
+        handshake, so it falls back to ``initialize``."""
         async with pipe_stdio(self._observe) as (read_stream, write_stream):
-            # the same call MCPServer.run_stdio_async makes, with our transport
             lowlevel = self._lowlevel_server
-            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+            options = lowlevel.create_initialization_options()
+            if not self.push:
+                # the same call MCPServer.run_stdio_async makes, with our transport
+                await lowlevel.run(read_stream, write_stream, options)
+                return
+            async with lowlevel.lifespan(lowlevel) as state:
+                await serve_loop(lowlevel, read_stream, write_stream, lifespan_state=state,
+                                 init_options=options)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Session, Any] | None = None
