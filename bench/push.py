@@ -8,8 +8,10 @@ by the official Python SDK client with an extension that binds the channel notif
 way Claude Code listens to it), in the initialize-handshake mode Claude Code uses.  The sender
 is ``Town.send`` on a Redis connection of its own in this process (what ``tt send`` does),
 and each sample runs from just before the send to the moment the client's handler sees the
-notification (one monotonic clock).  After each sample the client acknowledges the message
-(``ack``) and the next send waits a few ms, so the feed is back in its blocking wait.
+notification (one monotonic clock).  The same runs over ``tt serve`` (streamable HTTP,
+``?push=1``, the SDK's HTTP client with a bearer token).  After each sample the client
+acknowledges the message (``ack``) and the next send waits a few ms, so the feed is back in its
+blocking wait.
 
 Figures are medians and p99 in milliseconds, with ratios against floors measured in the same
 run: one ``tools/call`` of an ``echo`` tool on a bare ``MCPServer`` over stdio, and the same
@@ -38,12 +40,16 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 
 import anyio  # noqa: E402
+import httpx2  # noqa: E402
+from anyio.streams.buffered import BufferedByteReceiveStream  # noqa: E402
 from mcp.client import Client  # noqa: E402
 from mcp.client.extension import ClientExtension, NotificationBinding  # noqa: E402
 from mcp.client.stdio import StdioServerParameters  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from tinytown.config import TownPaths  # noqa: E402
+from tinytown.mcp_config import with_push  # noqa: E402
 from tinytown.redis_server import ManagedRedis  # noqa: E402
 from tinytown.town import Town  # noqa: E402
 
@@ -129,21 +135,45 @@ async def bench_echo(n: int) -> list[float]:
 
 async def bench_push(root: Path, n: int) -> list[float]:
     arrivals = Arrivals()
-    samples = []
     async with opened_town(root) as town, Client(
         town_params(root, "pushed", "--push"), extensions=[arrivals], mode="legacy"
     ) as client:
-        await client.call_tool("whoami", {})  # the session is open and pushing
-        for i in range(n + WARMUP):
-            await anyio.sleep(GAP_S)  # the feed is back in its BLPOP
-            start = time.perf_counter()
-            sent = await town.send("conductor", "pushed", BODY)
-            arrived = await arrivals.wait_for(sent.message.id)
-            if i >= WARMUP:
-                samples.append(arrived - start)
-            acked = await client.call_tool("ack", {"message_ids": [sent.message.id]})
-            assert not acked.is_error, acked.content
+        return await timed_pushes(town, client, arrivals, "pushed", n)
+
+
+async def timed_pushes(town: Town, client: Client, arrivals: Arrivals, agent: str, n: int) -> list[float]:
+    await client.call_tool("whoami", {})  # the session is open and pushing
+    samples = []
+    for i in range(n + WARMUP):
+        await anyio.sleep(GAP_S)  # the feed is back in its BLPOP
+        start = time.perf_counter()
+        sent = await town.send("conductor", agent, BODY)
+        arrived = await arrivals.wait_for(sent.message.id)
+        if i >= WARMUP:
+            samples.append(arrived - start)
+        acked = await client.call_tool("ack", {"message_ids": [sent.message.id]})
+        assert not acked.is_error, acked.content
     return samples
+
+
+async def bench_push_http(root: Path, n: int) -> list[float]:
+    """The same over ``tt serve`` (streamable HTTP, ``?push=1``, the SDK's HTTP client)."""
+    arrivals = Arrivals()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TINYTOWN_AGENT")}
+    argv = [str(Path(sys.executable).parent / "tt"), "--town", str(root), "serve", "--port", "0"]
+    async with opened_town(root) as town, await anyio.open_process(argv, env=env) as served:
+        try:
+            assert served.stdout is not None
+            line = (await BufferedByteReceiveStream(served.stdout).receive_until(b"\n", 1000)).decode()
+            url = line.split(" at ", 1)[1].split(" ", 1)[0]
+            token = (await town.tokens.add("pushed-http")).token
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                          timeout=httpx2.Timeout(30, read=400)) as http, Client(
+                streamable_http_client(with_push(url), http_client=http), extensions=[arrivals]
+            ) as client:
+                return await timed_pushes(town, client, arrivals, "pushed-http", n)
+        finally:
+            served.terminate()
 
 
 async def bench_pull(root: Path, n: int) -> list[float]:
@@ -178,7 +208,7 @@ def ms(samples: list[float]) -> tuple[float, float]:
 
 def line(label: str, samples: list[float], floor: list[float] | None = None) -> str:
     p50, p99 = ms(samples)
-    text = f"  {label:<40} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms"
+    text = f"  {label:<44} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms"
     if floor is not None:
         text += f"   ratio p50 {p50 / ms(floor)[0]:5.2f}x"
     return text
@@ -193,17 +223,21 @@ async def main(sends: int, calls: int) -> None:
         try:
             echo = await bench_echo(calls)
             pushed = await bench_push(root, sends)
+            pushed_http = await bench_push_http(root, sends)
             pulled = await bench_pull(root, sends)
         finally:
             managed.stop()
-    print(f"Push benchmark (python {sys.version.split()[0]}, {os.cpu_count()} CPUs, stdio, "
+    print(f"Push benchmark (python {sys.version.split()[0]}, {os.cpu_count()} CPUs, stdio and HTTP, "
           f"managed redis-server on a unix socket)")
     print(line("echo tool call (bare MCPServer)", echo))
     print(line("Town.send -> blocked receive returns", pulled, echo))
     p50 = ms(pushed)[0]
-    print(line("Town.send -> channel notification", pushed, echo)
+    print(line("Town.send -> channel notification (stdio)", pushed, echo)
           + f"   goal p50 <= 100 ms: {'met' if p50 <= 100 else 'MISSED'}")
-    print(f"  push against the pull path: p50 {p50 / ms(pulled)[0]:5.2f}x")
+    p50_http = ms(pushed_http)[0]
+    print(line("Town.send -> channel notification (HTTP)", pushed_http, echo)
+          + f"   goal p50 <= 100 ms: {'met' if p50_http <= 100 else 'MISSED'}")
+    print(f"  push (stdio) against the pull path: p50 {p50 / ms(pulled)[0]:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,23 @@ import os
 import signal
 import sys
 import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import httpx2
 import pytest
 from conftest import make_config
+from http_support import http_client, new_token, serving
 from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_support import ChannelEvent, ChannelObserver, ok, stdio
 from redis.asyncio import Redis
 from test_mcp_stdio import server_pid
 
+from tinytown.mcp_config import with_push
 from tinytown.push import FOLD_CHARS
 from tinytown.town import Town
 from tinytown_mcp import build_server
@@ -232,3 +238,66 @@ async def test_tt_mcp_config_push_writes_the_flag_and_the_configured_server_push
             sent = await town.send("conductor", "worker", "configured")
             event = await observer.next()
     assert (event.content, event.meta["message_id"]) == ("configured", sent.message.id)
+
+
+@asynccontextmanager
+async def pushed_http(url: str, token: str, observer: ChannelObserver) -> AsyncIterator[Client]:
+    """An MCP session over streamable HTTP with push on (``?push=1``), observing channel events."""
+    async with http_client(token) as http, Client(
+        streamable_http_client(with_push(url), http_client=http), extensions=[observer]
+    ) as client:
+        yield client
+
+
+@pytest.mark.e2e
+@pytest.mark.http
+async def test_a_pushed_http_session_gets_a_channel_event_and_one_without_push_gets_none(
+    tt_env: dict[str, str], town: Town
+) -> None:
+    tokens = {name: new_token(tt_env, name) for name in ("worker", "plain")}
+    pushed, plain = ChannelObserver(), ChannelObserver()
+    with serving(tt_env) as served, anyio.fail_after(60):
+        async with pushed_http(served.url, tokens["worker"], pushed) as client, http_client(
+            tokens["plain"]
+        ) as http, Client(streamable_http_client(served.url, http_client=http), extensions=[plain]) as other:
+            await ok(client, "whoami")
+            await ok(other, "whoami")
+            await tt(tt_env, "send", "worker", "over http", "--kind", "query")
+            await tt(tt_env, "send", "plain", "not pushed")
+            event = await pushed.next()
+            got = await ok(other, "receive", timeout_s=30)
+            held = await town.in_flight("worker")
+    assert [(m.id, m.body) for m in held] == [(event.meta["message_id"], "over http")]
+    assert event == ChannelEvent(content="over http", meta={
+        "from": "conductor", "kind": "query", "priority": "normal", "message_id": held[0].id,
+        "delivery_count": "1"})
+    assert [m["body"] for m in got["messages"]] == ["not pushed"]
+    assert plain.events == []
+
+
+@pytest.mark.e2e
+@pytest.mark.http
+async def test_a_message_pushed_over_http_comes_back_after_tt_serve_is_killed(
+    tt_env: dict[str, str], town: Town
+) -> None:
+    token = new_token(tt_env, "worker")
+    observer = ChannelObserver()
+    with anyio.fail_after(60):
+        with serving(tt_env) as served:
+            try:
+                async with pushed_http(served.url, token, observer) as client:
+                    await ok(client, "whoami")
+                    sent = await town.send("conductor", "worker", "keep me")
+                    event = await observer.next()
+                    served.proc.send_signal(signal.SIGKILL)
+                    served.proc.wait(10)
+            except* httpx2.HTTPError:
+                pass  # the client's goodbye finds no server
+        assert event.meta["message_id"] == sent.message.id
+        assert (await town.inbox_counts("worker")).in_flight == 1
+        with serving(tt_env) as again:
+            async with http_client(token) as http, Client(
+                streamable_http_client(again.url, http_client=http)
+            ) as second:
+                got = await ok(second, "receive", timeout_s=10)
+    assert [(m["id"], m["delivery_count"]) for m in got["messages"]] == [(sent.message.id, 2)]

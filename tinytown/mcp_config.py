@@ -32,6 +32,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tomli_w
 
@@ -244,14 +245,22 @@ def mcp_url(url: str) -> str:
     return base if path.strip("/") else f"{scheme}://{host}/mcp"
 
 
-def http_client_config(url: str, token: str, client: Client = "claude") -> str:
+def with_push(url: str) -> str:
+    """``url`` with ``push=1`` in its query: ``tt serve`` pushes new mail to that session."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "push"] + [("push", "1")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def http_client_config(url: str, token: str, client: Client = "claude", *, push: bool = False) -> str:
     """The text to paste into ``client``'s MCP configuration to reach ``tt serve`` at ``url``
-    as the agent ``token`` names (the token travels in the ``Authorization`` header).
+    as the agent ``token`` names (the token travels in the ``Authorization`` header);
+    ``push``: the URL asks for pushed mail (:func:`with_push`).
 
     Raises:
         ValueError: a client without an HTTP form (see :data:`HTTP_CLIENTS`), or a bad URL.
     """
-    endpoint = mcp_url(url)
+    endpoint = with_push(mcp_url(url)) if push else mcp_url(url)
     headers = {"Authorization": f"Bearer {token}"}
     if client == "claude":  # Claude Code's .mcp.json
         entry: dict[str, Any] = with_claude_code_keys({"type": "http", "url": endpoint, "headers": headers})

@@ -80,11 +80,17 @@ def fold(body: str, limit: int = FOLD_CHARS) -> tuple[str, bool]:
 class PushFeed:
     """Pushes an agent's new messages to one live session (see the module doc)."""
 
-    def __init__(self, town: Town, agent: str, session_id: str, deliver: Deliver) -> None:
+    def __init__(
+        self, town: Town, agent: str, session_id: str, deliver: Deliver,
+        reachable: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``reachable()`` returns once the client can be sent to (over HTTP: while its
+        standalone stream is open); the feed takes no mail before."""
         self.town = town
         self.agent = agent
         self.session_id = session_id
         self.deliver = deliver
+        self.reachable = reachable
         self._lock = anyio.Lock()  # one take-and-deliver, or one receive settling, at a time
         self._receives = 0
         self._resumed = anyio.Event()
@@ -105,6 +111,8 @@ class PushFeed:
                 if self._receives:
                     await self._resumed.wait()
                     continue
+                if self.reachable is not None:
+                    await self.reachable()
                 try:
                     async with self._lock:
                         took = False if self._receives else await self._take_one()

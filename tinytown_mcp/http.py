@@ -114,6 +114,15 @@ class _Session:
     caller: Caller
     server: TownServer
     transport: StreamableHTTPServerTransport
+    standalone: anyio.Event = field(default_factory=anyio.Event)
+    """Set while the client's standalone (GET) stream is open: the one way a notification
+    that answers no request (a pushed message) reaches it."""
+
+    async def reachable(self) -> None:
+        await self.standalone.wait()
+
+
+PUSH_ON = ("1", "true", "yes", "on")
 
 
 class HttpFace:
@@ -147,7 +156,9 @@ class HttpFace:
         EventSourceResponse.DEFAULT_PING_INTERVAL = max(1, round(keepalive_s))
 
     def default_server(self, caller: Caller) -> TownServer:
-        return build_server(self.town, caller.agent, progress_every_s=self.keepalive_s)
+        """``?push=1`` on the URL: new mail is pushed as channel events (:mod:`tinytown_mcp.push`)."""
+        push = caller.query.get("push", "").lower() in PUSH_ON
+        return build_server(self.town, caller.agent, progress_every_s=self.keepalive_s, push=push)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,6 +259,7 @@ class HttpFace:
             idle_timeout=self.session_idle_s,
         )
         session = _Session(caller, self.make_server(caller), transport)
+        session.server.push_reachable = session.reachable
         try:
             await self._tg.start(self._serve, session)
         except TinytownError as error:
@@ -308,10 +320,16 @@ class HttpFace:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # the body was read already: what comes now is a disconnect
 
+        standalone = scope.get("method") == "GET"
+        opened = False
+
         async def watch(message: Message) -> None:
-            nonlocal delivered, status
+            nonlocal delivered, status, opened
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if standalone and status == 200:
+                    opened = True
+                    session.standalone.set()
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 delivered = True
@@ -319,6 +337,8 @@ class HttpFace:
         try:
             await session.transport.handle_request(scope, replay, watch)
         finally:
+            if opened:
+                session.standalone = anyio.Event()  # closed: push waits for the next one
             if request_id is not None and not delivered and not session.transport.is_terminated:
                 with anyio.CancelScope(shield=True):
                     await self._client_left(session, request_id)

@@ -20,6 +20,7 @@ keys are plain identifiers because it drops any other.  Stdio and HTTP attach it
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal, cast
 
 from mcp.server.session import ServerSession
@@ -67,9 +68,12 @@ def channel_params(pushed: Pushed) -> ChannelParams:
     return ChannelParams(content=pushed.text, meta=meta)
 
 
-def attach(session: Session, client: ServerSession) -> PushFeed:
+def attach(
+    session: Session, client: ServerSession, reachable: Callable[[], Awaitable[None]] | None = None
+) -> PushFeed:
     """Start pushing ``session``'s new mail to ``client`` (call it once the client is
-    initialized); the feed lives as long as the session (``Session.spawn``)."""
+    initialized; ``reachable``: see :class:`~tinytown.push.PushFeed`); the feed lives as long
+    as the session (``Session.spawn``)."""
     if session.push is not None:
         return session.push
 
@@ -78,7 +82,7 @@ def attach(session: Session, client: ServerSession) -> PushFeed:
         # a notification outside the spec's union: the SDK sends any model of this shape
         await client.send_notification(cast(ServerNotification, notification))
 
-    feed = PushFeed(session.town, session.agent, session.session_id, deliver)
+    feed = PushFeed(session.town, session.agent, session.session_id, deliver, reachable)
     session.push = feed
     if session.spawn is not None:
         session.spawn(feed.run)

@@ -22,7 +22,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,8 @@ class TownServer(MCPServer[Session]):
         self.round_credential = round_credential
         self.take_over = take_over
         self.push = push
+        self.push_reachable: Callable[[], Awaitable[None]] | None = None
+        """Set by a face whose client is not always reachable (HTTP: its standalone stream)."""
         tools = catalogue()
         self.gate = ArgumentGate({tool.name: tool.parameters for tool in tools})
         super().__init__(
@@ -128,7 +130,7 @@ class TownServer(MCPServer[Session]):
         session = ctx.lifespan_context
         if (self.push and ctx.method != "initialize" and isinstance(session, Session)
                 and session.push is None and not session.in_round):
-            push.attach(session, ctx.session)
+            push.attach(session, ctx.session, self.push_reachable)
         return result
 
     async def run_stdio_async(self) -> None:

@@ -47,7 +47,7 @@ def config(
         help="With --http: the agent's bearer token (default: a new one, `tt token add`).")] = None,
     push: Annotated[bool, typer.Option(
         "--push", help="The server pushes each new message into the session as a Claude Code "
-        "channel event (tinytown-mcp --push).")] = False,
+        "channel event (tinytown-mcp --push; with --http, ?push=1 on the URL).")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Print the MCP server config that connects CLIENT to this town as AGENT."""
@@ -57,7 +57,7 @@ def config(
     if name != CONDUCTOR and (not AGENT_NAME_RE.match(name) or name == "all"):
         fail(f"invalid: {name!r} is not an agent name (1-32 of a-z, 0-9, '_', '-', starting with a letter)")
     if http is not None:
-        _http_config(ctx, client, name, http, token, json_out)
+        _http_config(ctx, client, name, http, token, json_out, push)
         return
     if token is not None:
         fail("invalid: --token goes with --http (a stdio server needs no token)", code=2)
@@ -92,9 +92,10 @@ def hooks() -> None:
 
 
 def _http_config(
-    ctx: typer.Context, client: str, agent: str, url: str, token: str | None, json_out: bool
+    ctx: typer.Context, client: str, agent: str, url: str, token: str | None, json_out: bool,
+    push: bool,
 ) -> None:
-    from tinytown.mcp_config import HTTP_CLIENTS, http_client_config, mcp_url
+    from tinytown.mcp_config import HTTP_CLIENTS, http_client_config, mcp_url, with_push
 
     if client not in HTTP_CLIENTS:
         fail(f"invalid: --http configs are for {', '.join(HTTP_CLIENTS)}; {client} adds remote servers "
@@ -113,7 +114,11 @@ def _http_config(
         typer.echo(f"tt: made a new token for {agent} (`tt token list` shows it, `tt token revoke {agent}` "
                    "withdraws it)", err=True)
     chosen: Client = client  # type: ignore[assignment]  # checked against HTTP_CLIENTS above
-    text = http_client_config(endpoint, token, chosen)
+    text = http_client_config(endpoint, token, chosen, push=push)
+    if push:
+        endpoint = with_push(endpoint)
+        if chosen == "claude":
+            typer.echo(f"tt: {CHANNELS_HINT}", err=True)
     if json_out:
         print_json({"client": chosen, "agent": agent, "url": endpoint, "token": token, "where": WHERE[chosen],
                     "config": text})
