@@ -26,7 +26,7 @@ SPEC_TOOLS = {
     "list_agents": ["state"],
     "spawn_agent": ["name", "cli", "role", "nickname"],
     "kill_agent": ["name"],
-    "assign_task": ["description", "agent", "tags", "priority", "parent_id"],
+    "assign_task": ["description", "agent", "tags", "priority", "parent_id", "depends_on"],
     "claim_task": ["task_id"],
     "list_tasks": ["state", "agent", "limit", "cursor"],
     "get_task": ["task_id"],
@@ -141,7 +141,8 @@ async def test_town_status_masks_the_redis_password(real_redis: Redis, town_name
     assert status["server"] == {"name": name, "version": str(info[f"{name}_version"])}
     assert status["town"] == town_name
     assert [view["agent"]["name"] for view in status["agents"]] == ["conductor"]
-    assert set(status["tasks"]) == {"pending", "assigned", "running", "completed", "failed", "cancelled"}
+    assert set(status["tasks"]) == {
+        "waiting", "pending", "assigned", "running", "completed", "failed", "cancelled"}
 
 
 async def test_list_agents_filters_by_state(real_town: Town) -> None:
@@ -276,7 +277,7 @@ async def test_a_newer_session_takes_over_the_mailbox(real_town: Town) -> None:
     ("receive", {"max_messages": 2.5}, "max_messages must be an integer"),
     ("receive", {"wait": 5}, "unknown argument 'wait'; it takes timeout_s, max_messages"),
     ("list_tasks", {"limit": 501}, "limit must be at most 500"),
-    ("list_tasks", {"state": "done"}, "state must be one of pending, assigned"),
+    ("list_tasks", {"state": "done"}, "state must be one of waiting, pending, assigned"),
     ("send_message", {"to": "alice"}, "the argument 'body' is required"),
     ("send_message", {"to": "alice", "body": "x", "priority": "asap"}, "priority must be one of urgent"),
     ("send_message", {"to": "alice", "body": "x", "from": "bob"}, "unknown argument 'from'"),

@@ -377,7 +377,8 @@ async def test_list_tasks_filters_by_state_and_agent(town: Town) -> None:
     assert [t.id for t in (await town.list_tasks(state="completed")).tasks] == [bobs[0].id]
     assert [t.description for t in (await town.list_tasks(state="pending")).tasks] == ["backlog"]
     assert (await town.status()).tasks == {
-        "pending": 1, "assigned": 4, "running": 0, "completed": 1, "failed": 0, "cancelled": 0}
+        "waiting": 0, "pending": 1, "assigned": 4, "running": 0, "completed": 1, "failed": 0,
+        "cancelled": 0}
 
 
 async def test_list_tasks_refuses_a_bad_cursor_state_or_limit(town: Town) -> None:

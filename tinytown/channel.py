@@ -101,6 +101,9 @@ class Plan:
     finish: list[str] = field(default_factory=list)
     """Ids of tasks this plan finishes: recorded with Redis's clock for the retention sweep,
     which then runs in the same write."""
+    refs: list[list[Any]] = field(default_factory=list)
+    """``[key, field, items]``: a JSON list of ``#N`` written after numbering; an int item i
+    is the number the i-th ``number`` entry (1-based) gets, a string item is kept."""
     stamp: list[list[Any]] = field(default_factory=list)
     """``[key, field]`` pairs set to Redis's clock (``last_seen``): never a client's time."""
     ring: list[str] = field(default_factory=list)
@@ -377,6 +380,7 @@ class Channel:
             "send": plan.send,
             "events": plan.events,
             "number": plan.number,
+            "refs": plan.refs,
             "stamp": plan.stamp,
             "ring": plan.ring,
             "max_inbox": self.max_inbox,

@@ -58,6 +58,7 @@ class AgentState(StrEnum):
 
 
 class TaskState(StrEnum):
+    WAITING = "waiting"  # on its dependencies (``depends_on``): not delivered, not claimable
     PENDING = "pending"
     ASSIGNED = "assigned"
     RUNNING = "running"
@@ -79,12 +80,15 @@ class TaskDecider(StrEnum):
     EXIT_CODE = "exit_code"  # a preset that cannot report (`reports = false`): exit 0 or not
     CONDUCTOR = "conductor"  # the conductor finished or cancelled it
     CREATOR = "creator"  # its creator cancelled it
+    DEPENDENCY = "dependency"  # a task it depended on failed or was cancelled
 
 
 FINAL_TASK_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
 
 # The legal moves of a task (SPEC 4).  Reclaiming from a dead agent is the only way back.
 TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
+    # a waiting task moves on when its last dependency completes (tinytown.dependencies)
+    TaskState.WAITING: frozenset({TaskState.ASSIGNED, TaskState.PENDING, TaskState.CANCELLED}),
     TaskState.PENDING: frozenset({TaskState.ASSIGNED, TaskState.CANCELLED}),
     TaskState.ASSIGNED: frozenset(
         {TaskState.RUNNING, TaskState.PENDING, TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
@@ -193,9 +197,15 @@ class Task(Record):
     """A task.  Stored, ``assigned_to`` is the assignee's agent id (what the Lua compares)
     and ``assignee`` its name.  The public JSON (``model_dump(by_alias=True)``, what every
     face prints) names agents by name: ``assigned_to`` is the name and ``assigned_to_id``
-    the id."""
+    the id.
 
-    json_fields: ClassVar[frozenset[str]] = frozenset({"tags"})
+    ``depends_on`` holds the ids of the tasks this one waits for (``waiting_on``: those not
+    completed yet, while it is ``waiting``); ``depends_on_refs`` their ``#N`` in the same
+    order.  The public JSON shows the references as ``depends_on`` / ``waiting_on`` and the
+    ids as ``depends_on_ids`` / ``waiting_on_ids``."""
+
+    json_fields: ClassVar[frozenset[str]] = frozenset(
+        {"tags", "depends_on", "depends_on_refs", "waiting_on"})
 
     id: str
     number: int | None = None  # the per-town short reference #N, given when the task is created
@@ -215,6 +225,14 @@ class Task(Record):
     updated_at: int = Field(default_factory=now_ms)
     started_at: int | None = None
     completed_at: int | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    depends_on_refs: list[str] = Field(default_factory=list)
+    waiting_on: list[str] = Field(default_factory=list)
+
+    def dependency_ref(self, task_id: str) -> str:
+        """``#N`` of one of the tasks this one depends on (its id when it has no number)."""
+        refs = dict(zip(self.depends_on, self.depends_on_refs, strict=False))
+        return refs.get(task_id) or task_id
 
     @model_serializer(mode="wrap")
     def _public_names(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -223,11 +241,14 @@ class Task(Record):
             return data
         out: dict[str, Any] = {}
         for key, value in data.items():
-            if key == "assignee":
+            if key in ("assignee", "depends_on_refs"):
                 continue
             if key == "assigned_to":
                 out["assigned_to"] = data.get("assignee")
                 out["assigned_to_id"] = value
+            elif key in ("depends_on", "waiting_on"):
+                out[key] = [self.dependency_ref(t) for t in value]
+                out[f"{key}_ids"] = value
             else:
                 out[key] = value
         return out

@@ -523,11 +523,14 @@ end
 --         stamp = {{key, field}}: set to Redis's clock (last_seen and the like),
 --         number = {{counter, index, task key, task id}},
 --         finish = {task id}: finished now (the retention index), acked_ttl,
---         sweep = {tasks_keep_ms, events_keep_ms, batch}}
+--         sweep = {tasks_keep_ms, events_keep_ms, batch},
+--         refs = {{key, field, {item...}}}}
 -- a send entry {agent, fields, name, true} is a task notice: it never fails the plan (see
 -- drop_oldest_notice; with no notice to drop it is not sent)
 -- number: each new task gets the next per-town number (field "number" and index
 -- number -> id) in this same write; the reply is the list of numbers given
+-- refs: a JSON list of task references written after numbering: an item that is a number i
+-- becomes '#' .. the i-th number given above (a task of this same plan), a string stays
 if OP == 'apply' then
   local plan = cjson.decode(ARGV[4])
   for _, g in ipairs(plan.guards or {}) do
@@ -552,6 +555,13 @@ if OP == 'apply' then
     redis.call('HSET', P .. n[3], 'number', num)
     redis.call('HSET', P .. n[2], num, n[4])
     numbers[#numbers + 1] = num
+  end
+  for _, r in ipairs(plan.refs or {}) do
+    local out = {}
+    for _, item in ipairs(r[3]) do
+      if type(item) == 'number' then out[#out + 1] = '#' .. numbers[item] else out[#out + 1] = item end
+    end
+    redis.call('HSET', P .. r[1], r[2], cjson.encode(out))
   end
   for _, h in ipairs(plan.hdel or {}) do
     if #h[2] > 0 then redis.call('HDEL', P .. h[1], unpack(h[2])) end

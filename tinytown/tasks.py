@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from tinytown.channel import Channel
     from tinytown.config import TownConfig
+    from tinytown.dependencies import Dependencies
     from tinytown.handback import Handback
     from tinytown.keys import Keys
 
@@ -93,6 +94,7 @@ class TaskOps:
 
     if TYPE_CHECKING:
         handback: Handback
+        dependencies: Dependencies
         redis: Redis
         keys: Keys
         channel: Channel
@@ -280,14 +282,18 @@ class TaskOps:
         tags: Sequence[str] | None = None,
         priority: Priority | str = Priority.NORMAL,
         parent_id: str | None = None,
+        depends_on: Sequence[str] | None = None,
     ) -> Task:
         """Create a task.  With ``agent`` it is ``assigned`` and the agent gets a ``task``
         message (at the task's priority) carrying the task id; without, it waits in the
-        backlog (``pending``) for :meth:`claim`.
+        backlog (``pending``) for :meth:`claim`.  With ``depends_on`` (task references) it is
+        ``waiting`` until those tasks completed, then moves on as described
+        (:mod:`tinytown.dependencies`).
 
         Raises:
-            Invalid: empty or oversized description, bad tags or priority, a full inbox.
-            NotFound: unknown agent, creator or parent task.
+            Invalid: empty or oversized description, bad tags or priority, a full inbox, a
+                dependency that failed or was cancelled.
+            NotFound: unknown agent, creator, parent task or dependency.
         """
         priority = parse_enum(Priority, priority, "priority")
         if not description.strip():
@@ -304,12 +310,18 @@ class TaskOps:
             assignee = await self.get_agent(agent)
         if parent_id is not None:
             parent_id = (await self.get_task(parent_id)).id
+        waits_for = await self.dependencies.resolve(depends_on) if depends_on else []
         async with wrap_redis_errors():
             seq = int(await self.redis.incr(self.keys.seq))
         task = Task(
             id=str(uuid.uuid4()), description=description, created_by=creator.name,
             tags=tag_list, parent_id=parent_id, priority=priority,
         )
+        if waits_for:
+            from tinytown.dependencies import Draft
+
+            draft = Draft(task, seq, assignee, external=waits_for)
+            return (await self.dependencies.create([draft], creator.name))[0]
         plan = Plan()
         task_key = self._k(self.keys.task(task.id))
         plan.hset.append([task_key, {**task.to_redis(), "seq": str(seq)}])
@@ -324,15 +336,17 @@ class TaskOps:
         numbers = await self.channel.apply(plan)
         return task.model_copy(update={"number": numbers[0]})
 
-    def _assign_into(self, plan: Plan, task: Task, seq: int, agent: Agent, sender: str) -> Task:
-        """Add to ``plan`` the writes that give ``task`` to ``agent`` (a new attempt)."""
+    def _assign_into(self, plan: Plan, task: Task, seq: int, agent: Agent, sender: str, *,
+                     gone_code: str = "not_found") -> Task:
+        """Add to ``plan`` the writes that give ``task`` to ``agent`` (a new attempt);
+        the plan fails with ``gone_code`` if the agent was removed meanwhile."""
         now = now_ms()
         task = task.model_copy(update={
             "state": TaskState.ASSIGNED, "assigned_to": agent.id, "assignee": agent.name,
             "attempt": task.attempt + 1, "updated_at": now, "started_at": None,
         })
         task_key = self._k(self.keys.task(task.id))
-        plan.guard(self._k(self.keys.agent(agent.id)), "name", [agent.name], "not_found",
+        plan.guard(self._k(self.keys.agent(agent.id)), "name", [agent.name], gone_code,
                    f"agent {agent.name} was removed")
         message_id = str(uuid.uuid4())
         plan.hset.append([task_key, {"state": task.state.value, "assigned_to": agent.id,
@@ -440,6 +454,8 @@ class TaskOps:
                                       "decided_by": decider.value}
             if text is not None:
                 fields["error" if target != TaskState.COMPLETED else "result"] = text
+            if task.state == TaskState.WAITING:  # cancelled while waiting: it waits no more
+                fields["waiting_on"] = "[]"
             plan.hset.append([task_key, {k: str(v) for k, v in fields.items()}])
             plan.zrem.append([self._k(self.keys.tasks_in_state(task.state)), task.id])
             plan.zrem.append([self._k(self.keys.backlog), task.id])
@@ -452,12 +468,12 @@ class TaskOps:
                 # acknowledged: a finished or cancelled task is never delivered again
                 plan.acknowledge(task.assigned_to, message_id, task.priority.value)
             plan.hdel.append([task_key, ["held_by"]])
-            updated = Task.model_validate({**task.model_dump(), **fields})
+            updated = Task.from_redis({**task.to_redis(), **{k: str(v) for k, v in fields.items()}})
             notify: dict[str, Agent] = {}
             creator = await self._maybe_agent(task.created_by)
             if creator is not None:
                 notify[creator.id] = creator
-            if task.assigned_to:
+            if task.assigned_to and task.state != TaskState.WAITING:  # (a waiting one was never sent)
                 assignee = await self._maybe_agent_id(task.assigned_to)
                 if assignee is not None:
                     notify[assignee.id] = assignee
@@ -472,6 +488,7 @@ class TaskOps:
             plan.finish.append(task.id)
             plan.event(f"task.{target.value}", task_id=task.id, by=caller.name, attempt=task.attempt,
                        decided_by=decider.value)
+            await self.dependencies.on_finish(plan, task, target, caller.name)
             await self.channel.apply(plan)
             return updated
 

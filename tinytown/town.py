@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config
 from tinytown.conversation import Conversation
+from tinytown.dependencies import Dependencies
 from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
 from tinytown.handback import Handback
 from tinytown.keys import Keys
@@ -49,6 +50,7 @@ from tinytown.models import (
     now_ms,
 )
 from tinytown.orders import Orders
+from tinytown.plans import Plans
 from tinytown.private import secure_runtime
 from tinytown.processes import this_host
 from tinytown.retention import Retention, retention_times
@@ -123,6 +125,10 @@ class Town(TaskOps, LifecycleOps):
         """The bearer tokens of ``tt serve`` (one names one agent)."""
         self.retention = Retention(self)
         """What expires when, and ``stats``: keys, memory and growth per kind."""
+        self.dependencies = Dependencies(self)
+        """Tasks that wait for other tasks (``depends_on``, the ``waiting`` state)."""
+        self.plans = Plans(self)
+        """Whole plans of tasks created at once (``tt plan``), handing out the backlog."""
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -23,7 +23,7 @@ from tinytown.town import MAX_BATCH
 from tinytown_mcp.adapter import Session, ToolContext, answer
 
 AgentStateName = Literal["starting", "idle", "working", "paused", "stopped", "error"]
-TaskStateName = Literal["pending", "assigned", "running", "completed", "failed", "cancelled"]
+TaskStateName = Literal["waiting", "pending", "assigned", "running", "completed", "failed", "cancelled"]
 PriorityName = Literal["urgent", "high", "normal", "low"]
 KindName = Literal["task", "query", "info", "ack", "task_done", "task_failed", "task_cancelled", "custom"]
 
@@ -123,15 +123,21 @@ async def assign_task(
     priority: Annotated[PriorityName, Field(description="Urgent tasks are received first.")] = "normal",
     parent_id: Annotated[str | None, Field(max_length=128, description=(
         "The task this one is part of (#N, N, its id or a unique id prefix), if any."))] = None,
+    depends_on: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]] | None, Field(
+        max_length=100, description=(
+            "Tasks that must complete first (#N, N, id or id prefix each). Until they have, this "
+            "task is `waiting`; if one fails or is cancelled, this one is cancelled."))] = None,
 ) -> CallToolResult:
     """Create a task. With `agent` it is assigned at once and the agent receives a `task` message
-    carrying the task id; without, it waits in the backlog. You receive a `task_done` /
-    `task_failed` message when it finishes. Returns the task: its `number` N is its short
-    reference (`#N`), accepted wherever a task id is."""
+    carrying the task id; without, it waits in the backlog. With `depends_on` it is `waiting`
+    until those tasks completed, and only then assigned (or put in the backlog). You receive a
+    `task_done` / `task_failed` message when it finishes. Returns the task: its `number` N is
+    its short reference (`#N`), accepted wherever a task id is."""
 
     async def call(s: Session) -> dict[str, Any]:
         task = await s.town.assign(
-            description, agent=agent, by=s.agent, tags=tags, priority=priority, parent_id=parent_id
+            description, agent=agent, by=s.agent, tags=tags, priority=priority, parent_id=parent_id,
+            depends_on=depends_on,
         )
         return {"task": task}
 

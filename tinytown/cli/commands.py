@@ -42,7 +42,8 @@ WATCH_INBOX = 5  # conductor messages shown by status --watch
 FOLLOW_BLOCK_S = 5.0
 
 task_app = typer.Typer(help="Show or finish one task: show | done | fail | cancel.", no_args_is_help=True)
-backlog_app = typer.Typer(help="Tasks no agent holds yet: add | list | claim.", no_args_is_help=True)
+backlog_app = typer.Typer(help="Tasks no agent holds yet: add | list | claim | assign.",
+                          no_args_is_help=True)
 app.add_typer(task_app, name="task")
 app.add_typer(backlog_app, name="backlog")
 
@@ -571,18 +572,27 @@ def assign(
     description: Annotated[str, typer.Argument(help="What should be done.")],
     tags: TagOption = None,
     priority: PriorityOption = "normal",
+    depends_on: Annotated[list[str] | None, typer.Option(
+        "--depends-on", "-d", help="A task this one waits for (repeatable): #N, N, id or id prefix.",
+    )] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Create a task for an agent; it gets a `task` message carrying the task id."""
+    """Create a task for an agent; it gets a `task` message carrying the task id (with
+    --depends-on: once every task it depends on completed; until then it is waiting)."""
     who = identity()
-    task = run(
-        ctx, lambda town: town.assign(description, agent=agent, by=who, tags=tags or [], priority=priority)
-    )
+    task = run(ctx, lambda town: town.assign(
+        description, agent=agent, by=who, tags=tags or [], priority=priority, depends_on=depends_on,
+    ))
     if json_out:
         print_json(task)
         return
     from tinytown.cli.render import say
 
+    if task.waiting_on:
+        waits = ", ".join(task.dependency_ref(t) for t in task.waiting_on)
+        say(f"task {task.ref} for {_name(agent)} [{task.priority.value}] is waiting on {waits} "
+            f"(id {task.id})")
+        return
     say(f"assigned task {task.ref} to {_name(agent)} [{task.priority.value}] (id {task.id})")
 
 

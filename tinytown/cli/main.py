@@ -14,6 +14,7 @@ from tinytown.cli import (  # noqa: F401  (they register commands on app)
     lifecycle,
     logs_cmd,
     mcp_cmd,
+    plan_cmd,
     serve_cmd,
     stats_cmd,
     stop_cmd,

@@ -33,7 +33,7 @@ STATE_STYLES = {
     "starting": "blue", "idle": "green", "working": "cyan", "paused": "yellow",
     "stopped": "dim", "error": "bold red",
     # tasks
-    "pending": "yellow", "assigned": "blue", "running": "cyan", "completed": "green",
+    "waiting": "magenta", "pending": "yellow", "assigned": "blue", "running": "cyan", "completed": "green",
     "failed": "bold red", "cancelled": "dim",
 }  # fmt: skip
 PRIORITY_STYLES = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "dim"}
@@ -204,11 +204,21 @@ def tasks_table(tasks: Sequence[Task]) -> Table:
         agent = task.assignee or task.assigned_to or "-"
         outcome = task.result if task.result is not None else task.error
         table.rows.append([
-            task.ref, short_id(task.id), styled(task.state.value, STATE_STYLES),
+            task.ref, short_id(task.id), task_state(task),
             styled(task.priority.value, PRIORITY_STYLES), agent or "-", str(task.attempt),
             one_line(task.description, 40), one_line(outcome or "-", 40),
         ])  # fmt: skip
     return table
+
+
+def task_state(task: Task, most: int = 3) -> Cell:
+    """The state, styled; for a waiting task with what it waits on (``waiting on #3,#4``)."""
+    text = task.state.value
+    if task.state.value == "waiting" and task.waiting_on:
+        refs = [task.dependency_ref(t) for t in task.waiting_on]
+        text += " on " + ",".join(refs[:most]) + (f" +{len(refs) - most}" if len(refs) > most else "")
+    style = STATE_STYLES.get(task.state.value, "")
+    return (text, style) if style else text
 
 
 def task_parts(task: Task) -> list[Part]:
@@ -218,6 +228,8 @@ def task_parts(task: Task) -> list[Part]:
         ("task", task.ref), ("id", task.id), ("state", task.state.value), ("priority", task.priority.value),
         ("assigned_to", agent), ("created_by", task.created_by), ("attempt", task.attempt),
         ("tags", ", ".join(task.tags) or None), ("parent_id", task.parent_id),
+        ("depends_on", ", ".join(task.dependency_ref(t) for t in task.depends_on) or None),
+        ("waiting_on", ", ".join(task.dependency_ref(t) for t in task.waiting_on) or None),
         ("created", clock(task.created_at)), ("updated", clock(task.updated_at)),
         ("started", clock(task.started_at) if task.started_at else None),
         ("finished", clock(task.completed_at) if task.completed_at else None),
