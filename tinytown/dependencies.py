@@ -15,8 +15,10 @@ Record fields, on the task hash (``tt:{town}:task:<id>``, see :mod:`tinytown.key
     waiting_on       JSON list of the ids not completed yet (public; [] once it moved on)
     dependents       JSON list of the ids of the tasks that depend on it (internal)
 
-A waiting task meant for an agent records it in ``assigned_to`` / ``assignee`` (it is
-listed among the agent's tasks) but has no ``msg_id``: nothing was sent yet.
+A waiting task meant for an agent records it in ``assigned_to`` / ``assignee`` and is in the
+agent's task indexes (``tasks:agent:<id>``, ``tasks:open:<id>``: it is not finished) but has
+no ``msg_id``: nothing was sent yet.  Reclaim and hand-back act on ``assigned``/``running``
+tasks only, so they leave it alone.
 
 Atomicity: every step reads, decides in Python and writes one guarded
 :class:`~tinytown.channel.Plan`.  A completion guards the finished task's ``dependents`` and
@@ -197,8 +199,9 @@ class Dependencies:
                 plan.zadd.append([town._k(town.keys.tasks_in_state(TaskState.WAITING)), draft.seq,
                                   task.id])
                 if draft.agent is not None:
-                    plan.zadd.append([town._k(town.keys.tasks_of_agent(draft.agent.id)), draft.seq,
-                                      task.id])
+                    for index in (town.keys.tasks_of_agent(draft.agent.id),
+                                  town.keys.open_tasks(draft.agent.id)):
+                        plan.zadd.append([town._k(index), draft.seq, task.id])
                 plan.event("task.waiting", task_id=task.id, waiting_on=waiting)
             elif draft.agent is None:
                 plan.zadd.append([town._k(town.keys.backlog), draft.seq, task.id])
@@ -255,6 +258,8 @@ class Dependencies:
                 continue
             plan.hset.append([key, {"state": TaskState.PENDING.value, "updated_at": str(now_ms())}])
             plan.hdel.append([key, ["assigned_to", "assignee"]])
+            if task.assigned_to:  # its agent was pruned meanwhile
+                plan.zrem.append([town._k(town.keys.open_tasks(task.assigned_to)), task.id])
             plan.zadd.append([town._k(town.keys.backlog), seq, task.id])
 
     async def _cascade(self, plan: Plan, root: Task, ids: Sequence[str], target: TaskState,
@@ -292,6 +297,10 @@ class Dependencies:
         seq = raw.get("seq", "0")
         plan.zrem.append([town._k(town.keys.tasks_in_state(TaskState.WAITING)), task.id])
         plan.zadd.append([town._k(town.keys.tasks_in_state(TaskState.CANCELLED)), seq, task.id])
+        if task.assigned_to:
+            plan.zrem.append([town._k(town.keys.open_tasks(task.assigned_to)), task.id])
+            plan.zadd.append([town._k(town.keys.ended_tasks(task.assigned_to, TaskState.CANCELLED)), seq,
+                              task.id])
         plan.finish.append(task.id)  # (the retention sweep expires it in time)
         plan.event("task.cancelled", task_id=task.id, by=caller.name if caller else None,
                    attempt=task.attempt, decided_by=TaskDecider.DEPENDENCY.value, reason=reason)

@@ -586,6 +586,8 @@ class TaskOps:
                 except NotFound:  # expired meanwhile: only its index entry is left
                     await self.channel.apply(plan)
                     return None
+                if task.state == TaskState.WAITING and task.assigned_to == holder.id:
+                    return None  # not started: it stays the agent's (tinytown.dependencies)
                 if task.state not in (TaskState.ASSIGNED, TaskState.RUNNING) or (
                     task.assigned_to != holder.id
                 ):
