@@ -590,6 +590,12 @@ if OP == 'apply' then
         local nkey = P .. 'retention:notices:' .. s[1]
         redis.call('RPUSH', nkey, s[2].id)
         redis.call('LTRIM', nkey, -plan.max_inbox, -1)
+        -- forget up to two notices delivered meanwhile: the list tracks the queued ones
+        for _ = 1, 2 do
+          local head = redis.call('LINDEX', nkey, 0)
+          if not head or redis.call('HGET', P .. 'msg:' .. head, 'delivery_count') == '0' then break end
+          redis.call('LPOP', nkey)
+        end
       end
     end
   end
