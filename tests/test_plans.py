@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import make_config
+from conftest import ROOT, make_config
 from redis.asyncio import Redis
 from test_cli import one_error_line, register, tt, tt_ok
 
@@ -217,6 +217,29 @@ async def test_backlog_assign_idle_gives_one_task_to_each_idle_agent(town: Town)
     assert [t.id for t in (await town.list_tasks(state="pending")).tasks] == [tasks[2].id]
 
 
+@pytest.mark.anyio
+async def test_the_readme_plan_and_the_example_file_are_valid_plans_shown_as_documented(
+    town: Town, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tinytown.cli.plan_cmd import _show_plan
+    from tinytown.config import example_text
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Plans and dependencies"):]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = section.split("$ tt plan plan.toml --dry-run\n", 1)[1].split("```", 1)[0]
+    for name in ("alice", "bob"):
+        await town.register_agent(name)
+    for i in range(12):
+        await town.assign(f"filler {i}")  # "#12" exists
+    capsys.readouterr()
+    _show_plan(await town.plans.create(parse_plan(toml), dry_run=True), Path("plan.toml"))
+    assert capsys.readouterr().out == shown
+    example = await town.plans.create(parse_plan(example_text("plan.example.toml")), dry_run=True)
+    assert [[p.key for p in level] for level in example.levels] == [
+        ["schema"], ["api", "tests"], ["ui"], ["release-notes"]]
+
+
 # --------------------------------------------------------------------- tt
 
 
@@ -240,6 +263,8 @@ def test_tt_plan_dry_run_prints_the_start_order_and_the_plan_creates_every_task(
     tt_env: dict[str, str], redis_socket: str, town_name: str, tmp_path: Path
 ) -> None:
     register(redis_socket, town_name, "bob", "alice")
+    example = tt("plan", "--example", env=tt_env)
+    assert example.returncode == 0 and len(parse_plan(example.stdout)) == 5, example.stderr
     plan_file = tmp_path / "plan.toml"
     plan_file.write_text(PLAN)
     dry = tt("plan", str(plan_file), "--dry-run", env=tt_env)

@@ -77,7 +77,9 @@ into tasks, hand them to agents and collect the results.
 2. `spawn_agent(name, cli)` starts a new agent (a runner for a CLI preset such as claude or
    codex); `kill_agent(name)` stops one.
 3. `assign_task(description, agent)` gives an agent a task (leave `agent` out to put it in the
-   backlog for any agent to `claim_task`). Write descriptions that stand alone.
+   backlog for any agent to `claim_task`). Write descriptions that stand alone. To order
+   work, pass `depends_on=["#3", ...]`: the task waits until those tasks completed, then is
+   delivered (it is cancelled if one of them fails or is cancelled).
 4. `receive` waits for results: `task_done` / `task_failed` messages carry the `task_id`;
    `get_task(task_id)` shows the result or error. Agents' `query` messages expect an answer:
    `send_message(to, body, reply_to=<message id>)`.

@@ -22,16 +22,25 @@ if TYPE_CHECKING:
 @app.command()
 def plan(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The plan: a TOML file of [[tasks]] tables.")],
+    file: Annotated[Path | None, typer.Argument(help="The plan: a TOML file of [[tasks]] tables.")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", "-n", help="Check the plan and print the order its tasks can start in; create nothing.",
     )] = False,
+    example: Annotated[bool, typer.Option(
+        "--example", help="Print an example plan file (every field explained) and exit.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Create every task of a plan file at once (all or nothing), dependencies included."""
     from tinytown.errors import Invalid
     from tinytown.plans import parse_plan
 
+    if example:
+        from tinytown.config import example_text
+
+        typer.echo(example_text("plan.example.toml"), nl=False)
+        return
+    if file is None:
+        fail(Invalid("name the plan file (tt plan FILE); `tt plan --example` prints one"))
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -72,7 +81,7 @@ def _plan_line(planned: "PlannedTask", *, dry_run: bool) -> str:
     where = f"-> {task.assignee}" if task.assignee else "-> backlog"
     ref = "" if dry_run else f"{task.ref} "
     after = f"  (after {', '.join(planned.depends_on)})" if planned.depends_on else ""
-    return f"{ref}{planned.key} {where} [{task.state.value}]: {one_line(task.description, 50)}{after}"
+    return f"{ref}{planned.key} {where} [{task.state.value}]: {one_line(task.description, 72)}{after}"
 
 
 @backlog_app.command("assign")
