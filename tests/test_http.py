@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import tomllib
 from typing import Any
@@ -21,11 +22,18 @@ from http_support import connect_http, http_client, new_token, probe, serving, s
 from mcp.shared.exceptions import MCPError
 from mcp_support import ok
 from redis.asyncio import Redis
+from test_mcp_interop import INTEROP, typescript_sdk
 
 from tinytown.mcp_config import http_client_config
 from tinytown.town import Town
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_redis, pytest.mark.e2e, pytest.mark.http]
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """``node`` with the official TypeScript SDK installed (tests/interop, pinned by its lock file)."""
+    return typescript_sdk()
 
 
 async def wait_until(check: Any, what: str, deadline_s: float = 30) -> None:
@@ -305,3 +313,28 @@ def test_each_client_gets_its_own_http_config_form() -> None:
         http_client_config(url, token, "desktop")
     with pytest.raises(ValueError, match="URL"):
         http_client_config("town.example:8765", token, "claude")
+
+
+async def test_the_typescript_sdk_client_waits_in_receive_over_http_and_a_wrong_token_is_refused(
+    node: str, tt_env: dict[str, str]
+) -> None:
+    token = new_token(tt_env, "tsagent")
+    with serving(tt_env) as served:
+        proc = subprocess.Popen([node, str(INTEROP / "http_client.mjs"), served.url, token], env=tt_env,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert await anyio.to_thread.run_sync(proc.stdout.readline) == "WAITING\n"
+            assert tt(tt_env, "send", "tsagent", "hello TypeScript").returncode == 0
+            out, _ = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0
+        seen = json.loads(out)
+        assert seen["server"]["name"] == "tinytown" and len(seen["tools"]) == 15
+        assert seen["whoami"]["agent"]["name"] == "tsagent"
+        assert [m["body"] for m in seen["received"]["messages"]] == ["hello TypeScript"]
+        assert seen["progress"] >= 1
+        assert seen["refused"]["code"] == 401, seen["refused"]
+        assert stop_serve(served) == 0

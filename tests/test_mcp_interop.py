@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.real_redis, pytest.mark.e2e]
 INTEROP = Path(__file__).resolve().parent / "interop"
 
 
-@pytest.fixture(scope="module")
-def node() -> str:
+def typescript_sdk() -> str:
+    """The ``node`` binary, with the TypeScript SDK installed into ``tests/interop`` (once,
+    under a lock); skipped only when node or npm is missing."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the TypeScript SDK interop test (install Node.js >= 18)")
@@ -41,6 +42,11 @@ def node() -> str:
             assert install.returncode == 0, f"npm install failed:\n{install.stdout}\n{install.stderr}"
             done.touch()
     return node
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    return typescript_sdk()
 
 
 async def test_the_typescript_sdk_client_lists_the_tools_and_calls_them(
