@@ -243,7 +243,9 @@ async def wait_for_http(url: str) -> None:
 async def main(calls: int, hops: int, agents: int) -> None:
     with tempfile.TemporaryDirectory(prefix="tt-bench-http-") as tmp:
         root = Path(tmp)
-        (root / "tinytown.toml").write_text('name = "bench-http"\n[limits]\nmax_inbox = 1000000\n')
+        (root / "tinytown.toml").write_text(
+            'name = "bench-http"\n[limits]\nmax_inbox = 1000000\nmax_agents = 200\n'
+        )
         managed = ManagedRedis(TownPaths(root).runtime)
         managed.ensure_running()
         echo_port = free_port()

@@ -338,3 +338,24 @@ async def test_the_typescript_sdk_client_waits_in_receive_over_http_and_a_wrong_
         assert seen["progress"] >= 1
         assert seen["refused"]["code"] == 401, seen["refused"]
         assert stop_serve(served) == 0
+
+
+async def test_an_idle_event_stream_gets_a_keepalive_ping_every_keepalive_interval(
+    tt_env: dict[str, str]
+) -> None:
+    token = new_token(tt_env, "alice")
+    with serving(tt_env) as served:  # --keepalive 1
+        session_id = await _open_session(served.url, token)
+        pings: list[float] = []
+        async with http_client(token) as http, http.stream("GET", served.url, headers={
+            "Mcp-Session-Id": session_id, "Accept": "text/event-stream", "MCP-Protocol-Version": "2025-11-25",
+        }) as stream:
+            assert stream.status_code == 200
+            with anyio.fail_after(30):
+                async for line in stream.aiter_lines():
+                    if line.startswith(": ping"):
+                        pings.append(time.monotonic())
+                        if len(pings) == 3:
+                            break
+        assert pings[-1] - pings[0] < 10  # about one a second, not Claude Code's 300 s limit
+        assert stop_serve(served) == 0

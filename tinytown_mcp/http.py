@@ -197,17 +197,17 @@ class HttpFace:
             await _json(send, 404, {"error": "not found"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
         async with anyio.create_task_group() as tg:
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await tg.start(self.run)
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await self.close()
-                    tg.cancel_scope.cancel()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await tg.start(self.run)
+            await send({"type": "lifespan.startup.complete"})
+            while (await receive())["type"] != "lifespan.shutdown":
+                pass
+            await self.close()
+            tg.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
