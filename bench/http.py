@@ -244,7 +244,7 @@ async def main(calls: int, hops: int, agents: int) -> None:
     with tempfile.TemporaryDirectory(prefix="tt-bench-http-") as tmp:
         root = Path(tmp)
         (root / "tinytown.toml").write_text(
-            'name = "bench-http"\n[limits]\nmax_inbox = 1000000\nmax_agents = 200\n'
+            'name = "bench-http"\nmax_agents = 200\n[limits]\nmax_inbox = 1000000\n'
         )
         managed = ManagedRedis(TownPaths(root).runtime)
         managed.ensure_running()

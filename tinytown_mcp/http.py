@@ -251,7 +251,8 @@ class HttpFace:
         if self._tg is None:
             await _json(send, 503, {"error": "shutting down"})
             return
-        if scope.get("method") != "POST":
+        if scope.get("method") != "POST" or not _is_initialize(body):
+            # only initialize opens a session (and takes the agent's mailbox over)
             await _jsonrpc_error(send, 400, -32600, "Bad Request: Missing session ID")
             return
         transport = StreamableHTTPServerTransport(
@@ -363,6 +364,14 @@ class HttpFace:
                 await writer.send(SessionMessage(notice))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, TimeoutError):
             pass  # the session is ending: its requests end with it
+
+
+def _is_initialize(body: bytes) -> bool:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(message, dict) and message.get("method") == "initialize" and "id" in message
 
 
 def _observe(session: _Session, body: bytes) -> str | int | None:
