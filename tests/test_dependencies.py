@@ -215,3 +215,17 @@ async def test_mcp_assign_task_takes_depends_on_and_get_task_shows_what_it_waits
         missing = await refused(conductor, "assign_task", "not_found", description="d",
                                 depends_on=["#42"])
     assert "#42" in missing
+
+
+async def test_history_says_when_a_task_waits_and_when_it_can_start(town: Town) -> None:
+    from tinytown.cli.render import history_lines
+
+    await town.register_agent("bob")
+    first = await town.assign("first", agent="bob")
+    second = await town.assign("second", agent="bob", depends_on=[first.ref])
+    await town.complete_task(first.id, "ok", by="bob")
+    lines = [line[10:] for entry in await town.conversation.history(50)
+             for line in history_lines(entry, 200)]
+    assert f"task {second.ref} waits on {first.ref}" in lines, lines
+    waited = lines.index(f"task {second.ref} can start: done waiting, last on {first.ref}")
+    assert lines[waited + 1] == f"task {second.ref} assigned to bob (attempt 1)"

@@ -19,14 +19,20 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
     tt:{town}:msg:<id>                hash   Message record (+ internal "attempt")
     tt:{town}:task:<id>               hash   Task record (+ internal "msg_id": the task message of
                                              this attempt, "held_by": the session that took it)
+                                             Dependencies (tinytown.dependencies), JSON lists
+                                             in the task hash: "depends_on" (ids), "depends_on_refs"
+                                             (their #N), "waiting_on" (ids not completed yet) and
+                                             "dependents" (ids of the tasks waiting on this one)
     tt:{town}:task_number             counter: the last task number (#N) given
     tt:{town}:task_numbers            hash   task number -> task id (resolves #N in O(1))
     tt:{town}:task_msgs:<id>          zset   message id -> position (the task's thread, in order)
     tt:{town}:tasks                   zset   task id -> seq             (every task)
-    tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog)
+    tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog;
+                                             waiting = tasks whose dependencies are not done)
     tt:{town}:tasks:agent:<id>        zset   task id -> seq             (ever assigned to agent)
     tt:{town}:tasks:open:<id>         zset   task id -> seq  the agent's unfinished tasks: this
-                                             attempt is its (assigned/running; reclaim reads it)
+                                             attempt is its (assigned/running; reclaim reads it),
+                                             and the waiting tasks meant for it
     tt:{town}:tasks:agent:<id>:<end>  zset   task id -> seq  the agent's tasks that ended in
                                              <end> (completed/failed/cancelled) while its own
     tt:{town}:schema                  string layout version of the town's data (migrations)

@@ -362,6 +362,11 @@ def _event_lines(entry: HistoryEntry, width: int) -> list[str]:
         return fold(head + ": ", text, width) if text else [head]
     if kind == "task.reclaimed":
         return [f"{stamp}task {ref} went back to the backlog from {actor}"]
+    if kind in ("task.waiting", "task.ready"):  # (tinytown.dependencies)
+        ids = data.get("waiting_on") or [data.get("after")]
+        refs = ", ".join(task.dependency_ref(t) if task else _short(t) for t in ids if t)
+        verb = "waits on" if kind == "task.waiting" else "can start: done waiting, last on"
+        return [f"{stamp}task {ref} {verb} {refs}"]
     if kind in ("agent.registered", "agent.attached"):
         cli = f" (cli {data['cli']})" if data.get("cli") else ""
         return [f"{stamp}{actor} {kind.removeprefix('agent.')}{cli}"]
