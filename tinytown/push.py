@@ -9,17 +9,19 @@ HTTP server attach one to a session the same way.
 
 Pushed messages follow the delivery rule.  The feed takes each one with a receive of the
 session that acknowledges nothing (one message per batch), so it is *in flight for that
-session*, like a receive batch, until the session shows it acted on it:
+session*, like a receive batch, until the session shows it acted on it: ``ack`` with the
+message id, ``send_message`` with ``reply_to`` = the message id, or ``task_done`` /
+``task_failed`` for the task a ``task`` message carries.  Nothing else acknowledges it:
 
-* its next ``receive``: everything pushed before that receive started is acknowledged (a
-  folded message is put back instead, so that receive returns it whole);
-* ``ack`` with the message id, or ``send_message`` with ``reply_to`` = the message id;
-* ``task_done`` / ``task_failed`` for the task a ``task`` message carries.
+* any other tool call: one the model had decided on before the event reached it may arrive
+  after it, so it proves nothing about what the model saw;
+* the session's next ``receive`` puts every pushed message not acted on back at the front of
+  the inbox and returns it (``delivery_count`` + 1): a client may have dropped the event
+  (Claude Code shows channel events only when channels are enabled for the session), and a
+  folded one is whole there.
 
-Any other tool call does not acknowledge: a call already decided when the event arrived may
-reach the server after it, so it proves nothing about what the model saw.  When the session
-ends, whatever is still unacknowledged goes back to the front of the inbox (and if the
-process was killed, the next session's take-over puts it back): the message comes back.
+When the session ends, whatever is still unacknowledged goes back to the front of the inbox
+(and if the process was killed, the next session's take-over puts it back): it comes back.
 
 While a ``receive`` of the session runs, the feed stands aside: the receive returns the
 new mail itself, and one wake-up never serves both.
@@ -73,8 +75,8 @@ def fold(body: str, limit: int = FOLD_CHARS) -> tuple[str, bool]:
     if len(body) <= limit:
         return body, False
     rest = len(body) - limit
-    return (f"{body[:limit]}\n[… {rest} more characters folded: call `receive` to get this "
-            "message whole]"), True
+    return (f"{body[:limit]}\n[… {rest} more characters folded: `receive` returns this message "
+            "whole]"), True
 
 
 class PushFeed:
@@ -95,7 +97,7 @@ class PushFeed:
         self._receives = 0
         self._resumed = anyio.Event()
         self._resumed.set()
-        self._pushed: dict[str, tuple[str, bool]] = {}  # message id -> (batch, folded)
+        self._pushed: dict[str, str] = {}  # message id -> its batch
 
     @property
     def pushed(self) -> list[str]:
@@ -137,7 +139,7 @@ class PushFeed:
             return False
         message = got.messages[0]
         text, folded = fold(message.body)
-        self._pushed[message.id] = (got.batch, folded)
+        self._pushed[message.id] = got.batch
         number = None
         if message.task_id:
             number = (await self.town.task_numbers([message.task_id])).get(message.task_id)
@@ -154,9 +156,9 @@ class PushFeed:
 
     @asynccontextmanager
     async def receiving(self) -> AsyncIterator[None]:
-        """Around a ``receive`` of this session: acknowledges what was pushed before it
-        (folded messages go back to the inbox, for this receive to return whole) and keeps
-        the feed from taking mail until the receive is over."""
+        """Around a ``receive`` of this session: what was pushed and not acted on goes back to
+        the front of the inbox, for this receive to return (whole), and the feed takes no mail
+        until the receive is over."""
         self._receives += 1
         self._resumed = anyio.Event()
         try:
@@ -170,11 +172,8 @@ class PushFeed:
 
     async def _settle(self) -> None:
         pushed, self._pushed = self._pushed, {}
-        seen = [mid for mid, (_batch, folded) in pushed.items() if not folded]
         try:
-            if seen:
-                await self.town.ack(self.agent, seen)
-            await self._put_back(batch for _mid, (batch, folded) in pushed.items() if folded)
+            await self._put_back(pushed.values())
         except BaseException:
             self._pushed = {**pushed, **self._pushed}
             raise
@@ -199,7 +198,7 @@ class PushFeed:
         back = 0
         with anyio.CancelScope(shield=True):
             try:
-                back = await self._put_back(batch for batch, _folded in pushed.values())
+                back = await self._put_back(pushed.values())
             except TinytownError as error:  # the next session's take-over puts them back
                 log.warning("putting back pushed messages of %s failed: %s", self.agent, error)
         return back

@@ -6,14 +6,13 @@ from tinytown.models import CONDUCTOR
 
 CHANNEL_EVENTS = (
     "Mail may also reach you on its own as a channel event, `<channel source=\"tinytown\" "
-    "from=… kind=… priority=… message_id=… task=#N …>body</channel>`: that is a message "
-    "for you, delivered already (`receive` will not return it again). Act on it as on a received "
-    "message: a `task` → do it and finish with `task_done`/`task_failed` (task_id from the "
-    "event); a `query` → answer with `send_message` (reply_to = its message_id); anything else "
-    "→ read it and call `ack` with its message_id. Until you act on it (task_done/task_failed, "
-    "a reply, `ack`, or your next `receive`), it stays yours to handle and comes back if your "
-    "session ends. A `folded=\"true\"` event shows only the start of the body: call `receive` "
-    "for the whole message."
+    "from=… kind=… priority=… message_id=… task=#N …>body</channel>`: a message for you, "
+    "delivered already. Act on it as on a received message: a `task` → do it and finish with "
+    "`task_done`/`task_failed` (task_id from the event); a `query` → answer with `send_message` "
+    "(reply_to = its message_id); anything else → read it and call `ack` with its message_id. "
+    "Until you act on it in one of these ways it stays yours: your next `receive` returns it "
+    "again, and it comes back if your session ends. A `folded=\"true\"` event shows only the "
+    "start of the body: `receive` returns the whole message."
 )
 
 
@@ -56,11 +55,11 @@ How you work here, in a loop:
 Mail pushed to you: a session started with push (`tinytown-mcp --push`) also gets each new
 message on its own as a channel event, `<channel source="tinytown" from=… kind=…
 message_id=… task=#N …>body</channel>`. It is delivered already: handle it as in step 2
-(task_id and message_id are in the event's attributes), then it is done when you call
+(task_id and message_id are in the event's attributes). It is done when you call
 task_done/task_failed for its task, reply with reply_to = its message_id, or `ack` it (an
-info you only read); your next `receive` also acknowledges every event before it. One you
-did not act on comes back if your session ends. `folded="true"`: only the start of the body
-is shown; `receive` returns the whole message.
+info you only read); until then your next `receive` returns it again (delivery_count up),
+and it comes back if your session ends. `folded="true"`: only the start of the body is
+shown; `receive` returns the whole message.
 
 Other tools: `whoami` (your record and current task), `send_message` (to a name,
 'conductor' for the human, 'all' for everyone), `claim_task` (take work from the backlog),
