@@ -95,21 +95,24 @@ async def test_unfinished_tasks_never_expire_while_finished_ones_do(town: Town) 
                       waiting.id: "pending"}
 
 
-async def test_a_finished_task_an_unfinished_task_depends_on_is_kept(town: Town) -> None:
+async def test_a_finished_task_an_unfinished_task_depends_on_is_kept_until_that_one_finishes(
+    town: Town,
+) -> None:
     short = reconfigured(town, retention={"tasks": 1})
     await short.register_agent("bob")
-    needed = await finished_task(short, description="the base")
+    needed = await short.assign("the base", agent="bob")
+    follower = await short.assign("builds on the base", agent="bob", depends_on=[needed.id])
+    await short.complete_task(needed.id, "based", by="bob")
     other = await finished_task(short, description="unrelated")
-    follower = await short.assign("builds on the base")
-    # what the dependency index records while `follower` waits on `needed`
-    await short.redis.sadd(short.keys.dependents(needed.id), follower.id)
+    assert (await short.get_task(follower.id)).state.value in ("assigned", "running")  # unfinished
 
     await wait_until_gone(short, other.id)
     await short.retention.sweep()
 
     assert (await short.get_task(needed.id)).state.value == "completed"
-    await short.redis.delete(short.keys.dependents(needed.id))  # the follower no longer waits
+    await short.complete_task(follower.id, "built", by="bob")
     await wait_until_gone(short, needed.id)
+    await wait_until_gone(short, follower.id)
 
 
 async def test_zero_keeps_finished_tasks_and_acknowledged_messages_forever(town: Town) -> None:

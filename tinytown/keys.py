@@ -42,8 +42,6 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
     tt:{town}:retention:notices:<id>  list   ids of task notices sent to the agent, oldest first:
                                              the ones dropped first when its inbox is full
     tt:{town}:retention:stats         hash   the snapshot ``tt stats`` measures growth against
-    tt:{town}:dependents:<id>         set    unfinished tasks that depend on task <id>: while
-                                             it exists the task never expires
     tt:{town}:order:<id>              hash   the lifecycle order to the agent's runner (stop,
                                              restart; ``now``), its progress and outcome
     tt:{town}:tokens                  hash   sha256(token) hex -> {"agent", "created"} JSON
@@ -208,7 +206,3 @@ class Keys:
     @property
     def stats_snapshot(self) -> str:
         return self.prefix + "retention:stats"
-
-    def dependents(self, task_id: str) -> str:
-        """Unfinished tasks depending on ``task_id``: the sweep keeps a task while this exists."""
-        return f"{self.prefix}dependents:{checked_id(task_id, 'task id')}"

@@ -8,7 +8,8 @@ A town that runs for weeks must not grow without bound.  ``[retention]`` in
   records it in ``retention:finished`` by Redis's clock; a bounded sweep (:data:`SWEEP_BATCH`
   tasks) runs inside every such plan and every heartbeat, so expiry keeps pace with any
   rate of finishing at a fixed cost per step, and nothing scans the whole town.  A task
-  that an unfinished task still depends on (``dependents:<id>``) is kept until it is not.
+  that an unfinished task depends on (``depends_on``, :mod:`tinytown.dependencies`) is kept
+  until that task finished too.
 * ``messages`` (default 1 day): an acknowledged message (an EXPIRE when it is acknowledged).
 * ``events`` (default 14 days): entries of the event stream (XTRIM MINID in the same sweep;
   the stream also never holds more than ~10,000 entries).
@@ -55,7 +56,6 @@ _BY_HEAD = {
     "tokens": "agents", "tokens_used": "agents",
     "tasks": "indexes", "task_numbers": "indexes", "task_msgs": "indexes", "agents": "indexes",
     "agent_names": "indexes", "inflight_due": "indexes", "retention": "indexes",
-    "dependents": "indexes",
 }
 
 

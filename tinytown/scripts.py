@@ -25,9 +25,9 @@ Retention (``[retention]``, :mod:`tinytown.retention`): an acknowledged message 
 EXPIRE; a finished task is recorded in ``retention:finished`` by the time it finished, and a
 bounded sweep (in the plan that finishes a task, on every heartbeat) deletes the records,
 index entries and threads of tasks finished longer ago than the retention — except a task
-``dependents:<id>`` still names.  A task notice (``task_done`` and the like, to the creator)
-never fails its plan: when the inbox is full, the oldest queued notice is dropped to make room
-(none queued: the new notice is dropped).
+an unfinished task depends on (in its ``dependents`` field).  A task notice (``task_done``
+and the like, to the creator) never fails its plan: when the inbox is full, the oldest
+queued notice is dropped to make room (none queued: the new notice is dropped).
 
 Every check runs before the first write, so an error leaves nothing half-written.  Errors
 are replies of the form ``"<code>: <sentence>"`` (see :mod:`tinytown.errors`).
@@ -128,6 +128,19 @@ local function forget(agent, id)
   if ACKED_TTL > 0 then redis.call('EXPIRE', P .. 'msg:' .. id, ACKED_TTL) end
 end
 
+-- a task some unfinished task depends on (its 'dependents' field, tinytown/dependencies.py)
+local function needed(tkey)
+  local raw = redis.call('HGET', tkey, 'dependents')
+  if not raw or raw == '' then return false end
+  local ok, ids = pcall(cjson.decode, raw)
+  if not ok or type(ids) ~= 'table' then return false end
+  for _, d in ipairs(ids) do
+    local st = redis.call('HGET', P .. 'task:' .. d, 'state')
+    if st and not FINISHED[st] then return true end
+  end
+  return false
+end
+
 -- retention: delete up to `limit` tasks that finished more than keep_ms ago, with their index
 -- entries and thread; a task an unfinished task depends on is looked at again later.  Events
 -- older than events_ms go too.  Returns how many tasks were deleted.
@@ -144,7 +157,7 @@ local function sweep(keep_ms, events_ms, limit)
     local t = redis.call('HMGET', tkey, 'state', 'assigned_to', 'number')
     if t[1] and not FINISHED[t[1]] then
       redis.call('ZREM', fkey, id)
-    elseif redis.call('EXISTS', P .. 'dependents:' .. id) == 1 then
+    elseif needed(tkey) then
       redis.call('ZADD', fkey, NOW, id)
     else
       redis.call('DEL', tkey, P .. 'task_msgs:' .. id)
