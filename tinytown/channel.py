@@ -38,10 +38,11 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from tinytown.errors import translate_redis_error, wrap_redis_errors
+from tinytown.errors import Unavailable, translate_redis_error, wrap_redis_errors
 from tinytown.keys import Keys
 from tinytown.models import PRIORITY_ORDER, Event, InboxCounts, Message
 from tinytown.scripts import TOWN_LUA
+from tinytown.topology import failing_over, rides_failovers, town_node_call
 
 EVENTS_MAXLEN = 10_000
 PROGRESS_EVERY_S = 10.0
@@ -53,6 +54,9 @@ script that ran in time has its reply back before the client gives up."""
 BLOCK_SLICE_S = 2.0
 """The longest single blocking command (BLPOP, XREAD BLOCK): well under the call timeout."""
 CLOCK_RESYNC_S = 30.0
+FAILOVER_RETRY_S = (0.1, 1.0)
+"""A receive on a cluster or Sentinel client that meets a failover tries again after the
+first of these, doubling up to the second, until its own deadline."""
 
 SWEEP_BATCH = 50
 """Finished tasks one retention sweep expires at most: every finish and every heartbeat
@@ -160,6 +164,7 @@ class Channel:
         self._delivered: dict[tuple[str, str], str] = {}  # (agent id, session) -> last batch
         self._nonce = uuid.uuid4().hex[:12]  # this Channel's batches, among its session's
         self._unseen: dict[str, None] = {}  # batches whose client gave up (oldest first)
+        self._rides = rides_failovers(redis)  # a client that finds a new primary by itself
 
     async def _run(self, op: str, *args: Any) -> Any:
         """EVALSHA the town script (loading it on NOSCRIPT) with a deadline on Redis's clock.
@@ -191,7 +196,7 @@ class Channel:
         mono = time.monotonic()
         if self._clock is None or mono - self._clock[0] > CLOCK_RESYNC_S:
             async with wrap_redis_errors():
-                seconds, micros = await self.redis.time()
+                seconds, micros = await town_node_call(self.redis, self.keys.seq, "TIME")
             after = time.monotonic()
             self._clock = ((mono + after) / 2, int(seconds) * 1000 + int(micros) / 1000)
             mono = after
@@ -260,20 +265,27 @@ class Channel:
             ack_batch = ""
         reported = started
         first = True
+        retry_s = FAILOVER_RETRY_S[0]
         while True:
             final = time.monotonic() >= deadline
             # Shielded: a cancel landing while the script runs would drop a batch that Redis
             # already moved to in-flight.  Bounded by the call timeout (a stalled Redis), and
             # a script Redis runs after that deadline changes nothing.
             rows: Any = None
-            with anyio.CancelScope(shield=True):
-                rows = await self._run(
-                    "receive", agent_id, session or "", max_messages,
-                    int(redelivery_after_s * 1000), "1" if ack_previous else "0", EVENTS_MAXLEN,
-                    self.max_receive_bytes, tag, ack_batch, "1" if first else "0",
-                    "1" if final else "0", mine if ack_previous else "",
-                    self.retention.messages_s,
-                )
+            try:
+                with anyio.CancelScope(shield=True):
+                    rows = await self._run(
+                        "receive", agent_id, session or "", max_messages,
+                        int(redelivery_after_s * 1000), "1" if ack_previous else "0", EVENTS_MAXLEN,
+                        self.max_receive_bytes, tag, ack_batch, "1" if first else "0",
+                        "1" if final else "0", mine if ack_previous else "",
+                        self.retention.messages_s,
+                    )
+            except Unavailable as error:
+                # a failover: the same call again (it is idempotent per batch) once a new
+                # primary serves the town, while this receive has time left
+                retry_s = await self._wait_out_failover(error, deadline, retry_s)
+                continue
             if first and ack_batch and self._delivered.get(key) == ack_batch:
                 del self._delivered[key]
             first = False
@@ -299,9 +311,14 @@ class Channel:
                 return Received([], timed_out=True, inbox=counts)
             now = time.monotonic()
             wait = min(deadline - now, BLOCK_SLICE_S, progress_every_s)
-            async with wrap_redis_errors():
-                # BLPOP takes seconds as a float (Redis >= 6); 0 would mean forever.
-                rang = await self.redis.blpop([bell], timeout=max(wait, 0.01))
+            try:
+                async with wrap_redis_errors():
+                    # BLPOP takes seconds as a float (Redis >= 6); 0 would mean forever.
+                    rang = await self.redis.blpop([bell], timeout=max(wait, 0.01))
+            except Unavailable as error:
+                retry_s = await self._wait_out_failover(error, deadline, retry_s)
+                continue
+            retry_s = FAILOVER_RETRY_S[0]
             # Progress only while more waiting follows: once the deadline has passed the
             # result is decided, and a notification racing it is one the client has already
             # forgotten the token of (Claude Code logs it as an unknown token).
@@ -310,6 +327,19 @@ class Channel:
                     and now - reported >= progress_every_s * 0.999):
                 reported = now
                 await progress(now - started, timeout_s)
+
+    async def _wait_out_failover(self, error: Unavailable, deadline: float, retry_s: float) -> float:
+        """Wait a moment before a receive tries again after ``error``, or re-raise it: only a
+        client that finds a new primary by itself (cluster, Sentinel) waits, only for an error
+        a failover gives (never a timeout: a stalled server answers ``unavailable`` within
+        the call bound), and only while the receive has time left.  Returns the next wait."""
+        cause = error.__cause__
+        if not (self._rides and cause is not None and failing_over(cause)):
+            raise error
+        if time.monotonic() + retry_s >= deadline:
+            raise error
+        await anyio.sleep(retry_s)
+        return min(retry_s * 2, FAILOVER_RETRY_S[1])
 
     def unseen(self, agent_id: str, session: str | None, batch: str) -> str:
         """The caller learnt that its client never saw the batch it named ``batch`` in

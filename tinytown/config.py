@@ -61,8 +61,18 @@ def check_redis_url(url: str) -> None:
         scheme = urlsplit(url).scheme
     except ValueError:
         scheme = ""
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        from tinytown.topology import check_sentinel_url
+
+        try:
+            check_sentinel_url(url)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{mask_url(url)} is not a usable Sentinel URL: {scrub(str(exc))}") from None
+        return
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        raise ValueError(
+            "must be a redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel:// URL"
+        )
     _refuse_several_hosts(url, scheme)
     try:
         pool = redis.ConnectionPool.from_url(url)

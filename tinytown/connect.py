@@ -16,6 +16,7 @@ from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Unavailable, wrap_redis_errors
 from tinytown.masking import mask_url
 from tinytown.redis_server import ManagedRedis
+from tinytown.topology import open_client
 
 # Every call is bounded: a stalled or unreachable Redis gives ``unavailable`` within
 # CALL_TIMEOUT_S, and the next call reconnects by itself.  Blocking commands wait in slices
@@ -60,14 +61,20 @@ def managed_redis(config: TownConfig, paths: TownPaths) -> ManagedRedis:
     return ManagedRedis(paths.runtime, durability=config.redis.durability, server=config.redis.server)
 
 
-def client_for_url(url: str) -> Redis:
-    """A client for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL with credentials.
+async def client_for_url(url: str) -> Any:
+    """A connected client for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL with
+    credentials — a cluster client when it names a node of a Redis Cluster — or for a
+    ``redis+sentinel://`` / ``rediss+sentinel://`` URL (see :mod:`tinytown.topology`).
 
     No ``health_check_interval``: with it, a server that refuses the connection's credentials
     made redis-py's health check and our one retry call each other forever (``tt status``
     hung instead of answering ``unavailable``); a dropped connection is retried once anyway.
+
+    Raises:
+        Unavailable: Redis cannot be reached or refuses us.
     """
-    return Redis.from_url(url, **client_options())
+    async with wrap_redis_errors():
+        return await open_client(url, client_options())
 
 
 async def connect_redis(config: TownConfig, paths: TownPaths, *, start: bool = True) -> tuple[Redis, str]:
@@ -80,16 +87,14 @@ async def connect_redis(config: TownConfig, paths: TownPaths, *, start: bool = T
         Unavailable: Redis cannot be reached, or the managed server cannot be started.
     """
     if config.redis.url:
-        client = client_for_url(config.redis.url)
-        display = mask_url(config.redis.url) or ""
-    else:
-        server = managed_redis(config, paths)
-        if start:
-            await anyio.to_thread.run_sync(server.ensure_running)
-        elif not await anyio.to_thread.run_sync(server.is_running):
-            raise Unavailable(f"the managed Redis of {paths.root} is not running; start it with `tt up`")
-        client = Redis(unix_socket_path=server.connect_path(), **client_options())
-        display = f"managed {server.url}"
+        return await client_for_url(config.redis.url), mask_url(config.redis.url) or ""
+    server = managed_redis(config, paths)
+    if start:
+        await anyio.to_thread.run_sync(server.ensure_running)
+    elif not await anyio.to_thread.run_sync(server.is_running):
+        raise Unavailable(f"the managed Redis of {paths.root} is not running; start it with `tt up`")
+    client = Redis(unix_socket_path=server.connect_path(), **client_options())
+    display = f"managed {server.url}"
     try:
         async with wrap_redis_errors():
             await client.ping()

@@ -3,9 +3,10 @@
 A Redis URL carries a password in any of these forms, all understood by redis-py:
 ``redis://:pw@host``, ``redis://user:pw@host``, ``rediss://…``, ``unix://user:pw@/path``,
 ``unix:///path?password=pw`` (the form for unix sockets), ``…?username=u&password=pw``,
-an IPv6 host ``redis://:pw@[::1]:6379``.  :func:`mask_url` replaces the password with
-``****`` in each (and a user-info without a ``:``, which some clients read as a password),
-never raising on a malformed URL.
+an IPv6 host ``redis://:pw@[::1]:6379``, a Sentinel URL with several hosts
+``redis+sentinel://user:pw@h1:26379,h2:26379/service?sentinel_password=pw``.
+:func:`mask_url` replaces the password with ``****`` in each (and a user-info without a
+``:``, which some clients read as a password), never raising on a malformed URL.
 
 :func:`scrub` masks every Redis URL inside a longer text and every password this process has
 seen (:func:`remember_url`), whatever form it was printed in; :class:`MaskingFormatter` runs
@@ -19,10 +20,13 @@ import re
 from urllib.parse import unquote, unquote_plus
 
 MASK = "****"
-SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
+SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys", "redis+sentinel", "rediss+sentinel")
 # Query parameters that carry a secret, by name (decoded, lower-case).
 _SECRET_PARAMS = ("password", "pass", "passwd", "pwd", "secret", "token", "auth", "requirepass")
-_URL_IN_TEXT = re.compile(r"\b(?:" + "|".join(SCHEMES) + r")://[^\s'\"<>`]+", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(
+    r"\b(?:" + "|".join(re.escape(s) for s in sorted(SCHEMES, key=len, reverse=True)) + r")://[^\s'\"<>`]+",
+    re.IGNORECASE,
+)
 _MIN_SECRET = 3  # shorter strings would mask ordinary words
 
 _secrets: set[str] = set()

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from tinytown.channel import SWEEP_BATCH, RetentionTimes
 from tinytown.config import RetentionSettings
 from tinytown.errors import Invalid, wrap_redis_errors
+from tinytown.topology import scan_town, town_node_call
 
 if TYPE_CHECKING:
     from tinytown.config import TownConfig
@@ -133,7 +134,8 @@ class Retention:
         counts = dict.fromkeys(KINDS, 0)
         picked: dict[str, list[str]] = {k: [] for k in KINDS}
         async with wrap_redis_errors():
-            async for key in town.redis.scan_iter(match=town.keys.match_all, count=SCAN_COUNT):
+            # on a cluster: the node serving the town's slot
+            for key in await scan_town(town.redis, town.keys.seq, town.keys.match_all, SCAN_COUNT):
                 name = str(key)
                 kind = kind_of(name.removeprefix(prefix))
                 counts[kind] += 1
@@ -191,7 +193,7 @@ class Retention:
 
     async def _used_memory(self) -> int | None:
         try:
-            info = await self.town.redis.info("memory")
+            info = await town_node_call(self.town.redis, self.town.keys.seq, "INFO", "memory")
         except RedisError:
             return None  # INFO not allowed (an ACL user), or not answered by this server
         value = info.get("used_memory") if isinstance(info, dict) else None

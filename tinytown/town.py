@@ -58,6 +58,7 @@ from tinytown.schema import upgrade
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
 from tinytown.tokens import Tokens
+from tinytown.topology import cluster_server_info, is_cluster, scan_town
 
 T = TypeVar("T")
 
@@ -619,11 +620,14 @@ class Town(TaskOps, LifecycleOps):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for state in TaskState:
                     pipe.zcard(self.keys.tasks_in_state(state))
-                pipe.info("server")
-                *counts, info = await pipe.execute(raise_on_error=False)
+                if not is_cluster(self.redis):
+                    pipe.info("server")  # refused by an ACL without INFO: no server line
+                *counts, info = [*await pipe.execute(raise_on_error=False), None][:len(TaskState) + 1]
             for count in counts:
                 if isinstance(count, Exception):
                     raise count
+            if is_cluster(self.redis):  # the node that serves the town's slot
+                info = await cluster_server_info(self.redis, self.keys.seq)
         server = ServerInfo.from_info(info) if isinstance(info, dict) else None
         return TownStatus(
             now=now, town=self.name, root=str(self.root) if self.root else None,
@@ -655,14 +659,9 @@ class Town(TaskOps, LifecycleOps):
         """Delete every key of this town (SCAN, never KEYS); the conductor is recreated."""
         deleted = 0
         async with wrap_redis_errors():
-            batch: list[str] = []
-            async for key in self.redis.scan_iter(match=self.keys.match_all, count=500):
-                batch.append(key)
-                if len(batch) >= 500:
-                    deleted += await self.redis.unlink(*batch)
-                    batch = []
-            if batch:
-                deleted += await self.redis.unlink(*batch)
+            found = await scan_town(self.redis, self.keys.seq, self.keys.match_all)
+            for start in range(0, len(found), 500):
+                deleted += await self.redis.unlink(*found[start:start + 500])
         await self.ensure_conductor()
         return deleted
 
