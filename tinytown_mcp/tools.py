@@ -178,7 +178,8 @@ async def list_tasks(
 
 
 async def get_task(ctx: ToolContext, task_id: TaskId) -> CallToolResult:
-    """One task in full: description, state, assignee, attempt, result or error."""
+    """One task in full: description, state, assignee, attempt, result or error; `depends_on`
+    (the tasks it waits for, as #N) and, while it is `waiting`, `waiting_on` (those not done)."""
 
     async def call(s: Session) -> dict[str, Any]:
         return {"task": await s.town.get_task(task_id)}
