@@ -214,18 +214,33 @@ class SentinelSet:
     sentinels: list[Node] = field(default_factory=list)
 
     def start(self) -> SentinelSet:
+        for attempt in range(3):
+            try:
+                return self._start(attempt)
+            except pytest.fail.Exception:
+                self.stop()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, attempt: int) -> SentinelSet:
+        """Start on fresh free ports (another process may take one between the check and the
+        bind: then :meth:`start` tries again)."""
+        self.servers, self.sentinels = [], []
         common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        ports = [free_port() for _ in range(6)]
+        ports = list(dict.fromkeys(free_port() for _ in range(6)))
+        if len(ports) < 6:
+            pytest.fail("the same free port was drawn twice")
         primary = ports[0]
         self.servers = [
-            _start(self.binary, self.folder / f"redis-{port}", [
+            _start(self.binary, self.folder / f"a{attempt}-redis-{port}", [
                 "--port", str(port), *common,
                 *(["--replicaof", "127.0.0.1", str(primary)] if port != primary else []),
             ], port)
             for port in ports[:3]
         ]  # fmt: skip
         for port in ports[3:]:
-            folder = self.folder / f"sentinel-{port}"
+            folder = self.folder / f"a{attempt}-sentinel-{port}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "sentinel.conf").write_text(
                 f"port {port}\nbind 127.0.0.1\n"
@@ -236,7 +251,7 @@ class SentinelSet:
             )
             self.sentinels.append(_start(self.binary, folder, ["sentinel.conf", "--sentinel"], port))
         for node in self.servers + self.sentinels:
-            wait_until(f"server {node.port} answers", lambda n=node: _ready(n))
+            wait_until(f"server {node.port} answers", lambda n=node: _ready(n), 10)
         wait_until("the Sentinels see the primary, 2 replicas and each other", self.healthy)
         return self
 
