@@ -159,8 +159,9 @@ class PushFeed:
         """Around a ``receive`` of this session: what was pushed and not acted on goes back to
         the front of the inbox, for this receive to return (whole), and the feed takes no mail
         until the receive is over."""
+        if not self._receives:
+            self._resumed = anyio.Event()
         self._receives += 1
-        self._resumed = anyio.Event()
         try:
             async with self._lock:
                 await self._settle()
