@@ -52,7 +52,9 @@ async def busy_town(paths: TownPaths) -> int:
         await town.fail_task(broken.id, "division by zero: refusing to guess", by="carol")
         dropped = await town.assign("port the calculator to COBOL", agent="bob", priority="low")
         await town.cancel_task(dropped.id, "not worth it", by="conductor")
-        await town.assign("write a changelog entry for the demo", tags=["docs"])
+        changelog = await town.assign("write a changelog entry for the demo", tags=["docs"],
+                                      depends_on=[review.id])
+        await town.assign("publish the release", agent="carol", depends_on=[review.id, changelog.id])
         await town.assign("count the words of the README", tags=["chore"], priority="high")
         await town.send("conductor", "all", "Nice work everyone: the demo tasks are done.")
         return tasks[0].number or 1

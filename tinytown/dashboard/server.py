@@ -23,7 +23,6 @@ a cookie), the cookie, or ``Authorization: Bearer``.
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import json
 import secrets
@@ -174,15 +173,10 @@ def create_app(town: Town, *, token: str | None = None,
 
     async def assign(request: Request) -> Response:
         data = await _body(request)
-        extra: dict[str, Any] = {}
-        depends_on = _words(data, "depends_on")
-        if depends_on:  # tasks with dependencies (Town.assign's depends_on)
-            if "depends_on" not in inspect.signature(town.assign).parameters:
-                raise Invalid("this version of Tinytown has no task dependencies")
-            extra["depends_on"] = depends_on
         created = await town.assign(
             _text(data, "description", required=True) or "", agent=_text(data, "agent"), by=CONDUCTOR,
-            tags=_words(data, "tags"), priority=_text(data, "priority") or "normal", **extra,
+            tags=_words(data, "tags"), priority=_text(data, "priority") or "normal",
+            depends_on=_words(data, "depends_on") or None,
         )
         return _json(board.jsonable(created), 201)
 

@@ -116,13 +116,14 @@ function renderAgents(state) {
 function renderBoard(state) {
   const columns = Object.entries(state.board).map(([name, tasks]) => {
     const cards = tasks.map((t) => {
-      const deps = (t.depends_on || []).map(refOfId).join(" ");
+      const waiting = t.state === "waiting" && t.waiting_on && t.waiting_on.length ? ` (waiting on ${t.waiting_on.join(" ")})` : "";
+      const deps = t.depends_on && t.depends_on.length ? `after ${t.depends_on.join(" ")}${waiting}` : "";
       const outcome = t.result || t.error || "";
       return el("div", { class: `card ${t.state} ${t.priority}`, "data-task-id": t.id, "data-number": t.number,
         onclick: () => showTask(t.id) },
         el("span", { class: "ref" }, ref(t)), t.description.length > 120 ? `${t.description.slice(0, 120)}…` : t.description,
         el("div", { class: "who" }, t.assigned_to ? `→ ${t.assigned_to}` : "backlog", t.tags && t.tags.length ? ` · ${t.tags.join(", ")}` : ""),
-        deps ? el("div", { class: "deps" }, `after ${deps}`) : "",
+        deps ? el("div", { class: "deps" }, deps) : "",
         outcome ? el("div", { class: "outcome" }, outcome.length > 160 ? `${outcome.slice(0, 160)}…` : outcome) : "");
     });
     return el("div", { class: "column", "data-state": name },
@@ -242,7 +243,8 @@ async function showTask(id, quiet) {
     const facts = el("dl", { id: "task-facts" },
       field("state", el("span", { class: `state state-${t.state}` }, t.state)),
       field("agent", t.assigned_to || "backlog"), field("created by", t.created_by), field("priority", t.priority),
-      field("tags", (t.tags || []).join(", ")), field("depends on", (t.depends_on || []).map(refOfId).join(" ")),
+      field("tags", (t.tags || []).join(", ")), field("depends on", (t.depends_on || []).join(" ")),
+      field("waiting on", t.state === "waiting" ? (t.waiting_on || []).join(" ") : ""),
       field("attempt", t.attempt ? String(t.attempt) : ""), field("description", t.description),
       field("result", t.result), field("error", t.error), field("decided by", t.decided_by));
     const thread = el("ol", { id: "thread", class: "feed" }, t.thread.map((m) => el("li", { class: "entry", "data-message-id": m.id },
