@@ -24,7 +24,7 @@ SPEC_TOOLS = {
     "whoami": [],
     "town_status": [],
     "list_agents": ["state"],
-    "spawn_agent": ["name", "cli", "role", "nickname"],
+    "spawn_agent": ["name", "cli", "role", "nickname", "worktree"],
     "kill_agent": ["name"],
     "assign_task": ["description", "agent", "tags", "priority", "parent_id", "depends_on"],
     "claim_task": ["task_id"],

@@ -170,6 +170,8 @@ class TownConfig(_Strict):
     redelivery_after_s: float = Field(600.0, gt=0)
     # A spawned agent's runner stops after this long without a round (None: never).
     idle_timeout_s: float | None = Field(None, gt=0)
+    # Spawned agents work in their own git worktree unless `tt spawn --no-worktree`.
+    worktrees: bool = False
     redis: RedisSettings = Field(default_factory=RedisSettings)
     limits: Limits = Field(default_factory=Limits)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)

@@ -184,6 +184,8 @@ class Agent(Record):
     """The pid of that runner or session process on ``host``."""
     max_rounds: int | None = None
     spawned_by: str | None = None
+    worktree: bool | None = None
+    """Its rounds run in its own git worktree, ``.tt/worktrees/NAME`` (tinytown/worktrees.py)."""
 
     def is_stale(self, stale_after_s: float, *, at_ms: int) -> bool:
         """Not seen for ``stale_after_s`` at ``at_ms`` (Redis's clock, which stamps
@@ -205,7 +207,7 @@ class Task(Record):
     ids as ``depends_on_ids`` / ``waiting_on_ids``."""
 
     json_fields: ClassVar[frozenset[str]] = frozenset(
-        {"tags", "depends_on", "depends_on_refs", "waiting_on"})
+        {"tags", "depends_on", "depends_on_refs", "waiting_on", "diffstat"})
 
     id: str
     number: int | None = None  # the per-town short reference #N, given when the task is created
@@ -228,6 +230,15 @@ class Task(Record):
     depends_on: list[str] = Field(default_factory=list)
     depends_on_refs: list[str] = Field(default_factory=list)
     waiting_on: list[str] = Field(default_factory=list)
+    # the task's change, when its agent works in a git worktree (tinytown/worktrees.py)
+    branch: str | None = None  # tt/AGENT/N
+    base: str | None = None  # the commit the branch started from
+    head: str | None = None  # its newest commit
+    diffstat: dict[str, int] | None = None  # files, insertions, deletions of base...head
+    merged_by: str | None = None
+    merged_into: str | None = None
+    merge_commit: str | None = None
+    discarded: bool | None = None
 
     def dependency_ref(self, task_id: str) -> str:
         """``#N`` of one of the tasks this one depends on (its id when it has no number)."""

@@ -67,13 +67,26 @@ def render_round_prompt(
     tasks: Mapping[str, Task],
     *,
     reports: bool = True,
+    workdir: Path | None = None,
+    branch: str | None = None,
 ) -> str:
     """One prompt for the actionable messages of a round (``tasks``: task id → task).
-    ``reports``: whether the CLI can report (else its exit code decides, and it is told so)."""
+    ``reports``: whether the CLI can report (else its exit code decides, and it is told so).
+    ``workdir``/``branch``: the agent works in its own git worktree, on that task branch."""
     lines = [
         f"You are {_who(agent)}, an agent in the Tinytown town {town!r} (directory {root}).",
         "Tinytown connects you with other coding agents and a human, the conductor. Your "
         "messages arrive through the `tinytown` MCP server; this round's messages are below.",
+    ]
+    if workdir is not None:
+        lines.append(
+            f"You work in your own git worktree, {workdir} (your current directory), "
+            + (f"on the branch {branch}. " if branch else "")
+            + "Edit files there, not in the town directory. Your changes are kept on that "
+            "branch: whatever you leave uncommitted is committed for you when the round ends, "
+            "and the conductor reviews and merges it."
+        )
+    lines += [
         "",
         f"You have {len(messages)} new message{'s' if len(messages) != 1 else ''}:",
     ]

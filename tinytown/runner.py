@@ -51,7 +51,7 @@ import signal
 import subprocess
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,6 +152,9 @@ class Runner:
         self._cut_off = False
         self._returned: list[int] = []
         self._requeued = 0
+        self._workdir: Path | None = None  # the agent's git worktree, when it has one
+        self._round_tasks: list[str] = []
+        self._branch: str | None = None
 
     # ----------------------------------------------------------------- outer shell
 
@@ -173,6 +176,9 @@ class Runner:
             )
             log.info("runner of %s started (pid %d, preset %s, %d message(s) requeued)",
                      self.name, os.getpid(), agent.cli, requeued)
+            if agent.worktree:  # what a round that died left in the worktree is kept
+                self._workdir = await self.town.worktrees.prepare(self.name)
+                await self.town.worktrees.commit_leftovers(self.name)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_signals)
                 tg.start_soon(self._outlast, self._watch_events, after)
@@ -444,6 +450,7 @@ class Runner:
                 return True
             if await self._taken_over():
                 return True
+        await self._keep_work(tasks)  # committed before the runner decides what it did
         await self._settle_tasks(tasks, result, followup)
         await self.town.ack(self.name, ids)
         self._remember(ids)
@@ -456,12 +463,20 @@ class Runner:
         self._cut_off = True
         if await self._taken_over():
             return
+        await self._keep_work(self._round_tasks)  # its partial work stays on its branch
         moved = await self.town.reclaim_tasks(self.name)
         self._requeued = await self.town.requeue_in_flight(self.name)
         self._returned = [t.number for t in moved if t.number]
         log.info("%s: round %d was cut off; %s back to the backlog, %d message(s) back in the "
                  "inbox", self.name, number, ", ".join(f"task #{n}" for n in self._returned) or
                  "no task", self._requeued)
+
+    async def _keep_work(self, task_ids: Iterable[str]) -> None:
+        """In a worktree: commit what the round left on its task's branch, record the change."""
+        if self._workdir is not None and task_ids:
+            for task in await self.town.worktrees.finish_round(self.name, list(task_ids)):
+                log.info("%s: task #%s is on %s at %s (%s)", self.name, task.number, task.branch,
+                         (task.head or "")[:10], task.diffstat)
 
     async def _taken_over(self) -> bool:
         """Taken over on purpose during the round: the round's messages and tasks went to the
@@ -571,8 +586,14 @@ class Runner:
         self._round_number = number
         if self._order is not None and self._order_round is None:
             self._order_round = number  # what it received before the order is its last round
+        self._round_tasks = task_ids
+        self._branch = None
+        if self._workdir is not None and task_ids:
+            started = await self.town.worktrees.start_task(self.name, tasks[task_ids[0]])
+            self._branch = started.branch
         prompt = render_round_prompt(agent, self.town.name, self.paths.root, messages, tasks,
-                                     reports=self._preset.reports)
+                                     reports=self._preset.reports, workdir=self._workdir,
+                                     branch=self._branch)
         log.info("%s round %d: %d message(s), task(s) %s", self.name, number, len(messages),
                  ", ".join(task_ids) or "none")
         return await self._launch(number, prompt, task_ids, "")
@@ -611,6 +632,8 @@ class Runner:
             "TINYTOWN_AGENT": self.name,
             "TINYTOWN_TASK_ID": task_ids[0] if len(task_ids) == 1 else None,
             "TINYTOWN_MCP_CONFIG": str(mcp_config),
+            "TINYTOWN_WORKTREE": str(self._workdir) if self._workdir is not None else None,
+            "TINYTOWN_BRANCH": self._branch,
         }
         env = round_env(os.environ, preset, extra, inputs)
         log_path = round_log_path(self.paths, self.name, number)
@@ -638,7 +661,7 @@ class Runner:
         with open_private(log_path) as out:
             process = await anyio.open_process(
                 argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, cwd=self.paths.root, env=env,
+                stdout=out, stderr=subprocess.STDOUT, cwd=self._workdir or self.paths.root, env=env,
                 umask=user_umask(),  # the CLI writes the user's files: the user's umask
             )
             self._process = process

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from tinytown.keys import Keys
     from tinytown.models import Message
     from tinytown.orders import Orders
+    from tinytown.worktrees import Worktrees
 
 T = TypeVar("T")
 
@@ -101,6 +102,7 @@ class LifecycleOps:
         keys: Keys
         handback: Handback
         orders: Orders
+        worktrees: Worktrees
         redis: Redis
 
         def _k(self, key: str) -> str: ...
@@ -113,7 +115,8 @@ class LifecycleOps:
         async def register_agent(
             self, name: str, *, cli: str | None = None, role: str | None = None,
             nickname: str | None = None, state: AgentState = AgentState.IDLE,
-            max_rounds: int | None = None, spawned_by: str | None = None, exist_ok: bool = False,
+            max_rounds: int | None = None, spawned_by: str | None = None,
+            worktree: bool | None = None, exist_ok: bool = False,
         ) -> Agent: ...
         async def update_agent(
             self, name: str, *, expect_state: Sequence[AgentState] | None = None, touch: bool = False,
@@ -183,10 +186,13 @@ class LifecycleOps:
         role: str | None = None,
         nickname: str | None = None,
         max_rounds: int | None = None,
+        worktree: bool | None = None,
         by: str = CONDUCTOR,
     ) -> Agent:
         """Register an agent and start its runner for CLI preset ``cli`` (default: the town's
         ``default_cli``).  Returns once the runner is up (``idle``), or ``error`` if it died.
+        ``worktree`` (default: the town's ``worktrees``): its rounds run in its own git
+        worktree, a branch per task (:mod:`tinytown.worktrees`).
 
         Everything is checked before anything is written, so a refused spawn leaves nothing.
 
@@ -203,10 +209,15 @@ class LifecycleOps:
         self._town_paths()
         if max_rounds is not None and max_rounds < 1:
             raise Invalid("max_rounds must be at least 1 (leave it out for no limit)")
+        isolated = self.config.worktrees if worktree is None else worktree
+        if isolated:
+            self.worktrees.repository()  # not a git repository: refused before anything is written
         await self.register_agent(
             key, cli=preset.name, role=role, nickname=nickname, state=AgentState.STARTING,
-            max_rounds=max_rounds, spawned_by=caller.name,
+            max_rounds=max_rounds, spawned_by=caller.name, worktree=isolated or None,
         )
+        if isolated:
+            await self.worktrees.prepare(key)
         return await self._start_runner(key, preset)
 
     async def _start_runner(self, name: str, preset: Preset) -> Agent:
@@ -473,6 +484,8 @@ class LifecycleOps:
         elif agent.pid is not None and self.runner_pid(agent) is None:
             await self.update_agent(agent.name, pid=None)
         requeued = await self.requeue_in_flight(agent.name)
+        if agent.worktree:  # a killed round's edits: committed on its branch before it moves on
+            await self.worktrees.commit_leftovers(agent.name, release=True)
         moved = await self.reclaim_tasks(agent.name, to)
         async with wrap_redis_errors():  # an order its dead runner never carried out is void
             await self.redis.delete(self.keys.order(agent.id))

@@ -59,6 +59,7 @@ from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
 from tinytown.tokens import Tokens
 from tinytown.topology import cluster_server_info, is_cluster, scan_town
+from tinytown.worktrees import Worktrees
 
 T = TypeVar("T")
 
@@ -130,6 +131,8 @@ class Town(TaskOps, LifecycleOps):
         """Tasks that wait for other tasks (``depends_on``, the ``waiting`` state)."""
         self.plans = Plans(self)
         """Whole plans of tasks created at once (``tt plan``), handing out the backlog."""
+        self.worktrees = Worktrees(self)
+        """A git worktree per agent, a branch per task: review, merge, discard."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -255,6 +258,7 @@ class Town(TaskOps, LifecycleOps):
         state: AgentState = AgentState.IDLE,
         max_rounds: int | None = None,
         spawned_by: str | None = None,
+        worktree: bool | None = None,
         exist_ok: bool = False,
     ) -> Agent:
         """Register an agent without starting any process (attach, or before a spawn).
@@ -278,7 +282,7 @@ class Town(TaskOps, LifecycleOps):
             seq = await self.redis.incr(self.keys.seq)
         agent = Agent(
             id=str(uuid.uuid4()), name=key, cli=cli, role=role, nickname=nickname, state=state,
-            max_rounds=max_rounds, spawned_by=spawned_by,
+            max_rounds=max_rounds, spawned_by=spawned_by, worktree=worktree,
         )
         plan = Plan()
         plan.guard(self._k(self.keys.agent_names), key, [""], "conflict",

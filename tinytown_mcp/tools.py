@@ -88,12 +88,16 @@ async def spawn_agent(
         "The CLI preset to run it with (e.g. claude, codex); default: the town's default_cli."))] = None,
     role: Annotated[str | None, Field(max_length=200, description="A short role, e.g. 'reviewer'.")] = None,
     nickname: Annotated[str | None, Field(max_length=64, description="A display name.")] = None,
+    worktree: Annotated[bool | None, Field(description=(
+        "Work in its own git worktree, each task on its own branch tt/NAME/N for the conductor "
+        "to review and merge (default: the town's `worktrees` setting)."))] = None,
 ) -> CallToolResult:
     """Register a new agent and start a runner process for it, which runs the CLI preset each time
     the agent gets work. Give it work afterwards with assign_task. Usually the conductor's job."""
 
     async def call(s: Session) -> dict[str, Any]:
-        return {"agent": await s.town.spawn_agent(name, cli=cli, role=role, nickname=nickname, by=s.agent)}
+        return {"agent": await s.town.spawn_agent(name, cli=cli, role=role, nickname=nickname,
+                                                  worktree=worktree, by=s.agent)}
 
     return await answer(ctx, "spawn_agent", call)
 

@@ -59,12 +59,17 @@ def spawn(
     max_rounds: Annotated[
         int | None, typer.Option("--max-rounds", min=1, help="Stop the runner after this many rounds.")
     ] = None,
+    worktree: Annotated[bool | None, typer.Option(
+        "--worktree/--no-worktree",
+        help="Work in its own git worktree, a branch per task (default: worktrees in tinytown.toml).",
+    )] = None,
     sender: FromOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Register an agent and start its runner (a detached process running the preset per round)."""
     agent = run(ctx, lambda town: town.spawn_agent(
-        name, cli=cli, role=role, nickname=nickname, max_rounds=max_rounds, by=identity(sender)))
+        name, cli=cli, role=role, nickname=nickname, max_rounds=max_rounds, worktree=worktree,
+        by=identity(sender)))
     _show_agent(agent, json_out, "spawned")
     if agent.state.value == "error":
         root = state(ctx).town

@@ -15,6 +15,7 @@ from tinytown.cli import (  # noqa: F401  (they register commands on app)
     logs_cmd,
     mcp_cmd,
     plan_cmd,
+    review_cmd,
     serve_cmd,
     stats_cmd,
     stop_cmd,

@@ -234,6 +234,12 @@ def task_parts(task: Task) -> list[Part]:
         ("started", clock(task.started_at) if task.started_at else None),
         ("finished", clock(task.completed_at) if task.completed_at else None),
         ("decided_by", task.decided_by.value if task.decided_by else None),
+        ("branch", task.branch), ("base", task.base[:10] if task.base else None),
+        ("head", task.head[:10] if task.head else None),
+        ("change", (f"{task.diffstat.get('files', 0)} files, +{task.diffstat.get('insertions', 0)} "
+                    f"-{task.diffstat.get('deletions', 0)}") if task.diffstat else None),
+        ("merged", f"by {task.merged_by} into {task.merged_into}" if task.merged_by else None),
+        ("discarded", "yes" if task.discarded else None),
     ]  # fmt: skip
     table = Table(["field", "value"])
     for name, value in fields:

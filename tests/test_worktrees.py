@@ -1,0 +1,182 @@
+"""A git worktree per agent and a branch per task, with real git, real runners and `tt`.
+
+The agents run a tiny preset (``editor``) that does what its task says to files in its
+current directory — ``write FILE: TEXT`` appends a line — and exits 0 (it cannot report:
+its exit code completes the task).  ``partial`` writes a file and then hangs, to be killed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from runner_support import open_spawn_town, round_done, task_settled, wait_for_line
+
+from tinytown.errors import Invalid
+from tinytown.models import TaskState
+from tinytown.processes import signal_process, wait_exit
+from tinytown.town import Town
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+PY = sys.executable
+EDITOR = (
+    "import os, re, sys\n"
+    "for name, text in re.findall(r'^write (\\S+): (.*)$', sys.stdin.read(), re.M):\n"
+    "    open(name, 'a').write(text + '\\n')\n"
+    "print('edited in', os.getcwd())\n"
+)
+PARTIAL = (
+    "import os, sys, time\n"
+    "sys.stdin.read(); open('partial.txt', 'w').write('half done\\n')\n"
+    "print('pid', os.getpid(), flush=True); time.sleep(600)\n"
+)
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True,
+                          timeout=60).stdout  # fmt: skip
+
+
+def make_repository(root: Path) -> None:
+    """The town directory as a git repository with one commit (and .tt/ ignored)."""
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "dev@example.com")
+    git(root, "config", "user.name", "Dev")
+    (root / ".gitignore").write_text(".tt/\ntinytown.toml\n")  # the tests' presets are added to it
+    (root / "notes.txt").write_text("hello\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "first")
+    toml = root / "tinytown.toml"
+    toml.write_text(toml.read_text() + "\n[agent_clis.editor]\ncommand = " + json.dumps([PY, "-c", EDITOR])
+                    + "\nreports = false\n[agent_clis.partial]\ncommand = " + json.dumps([PY, "-c", PARTIAL])
+                    + "\n")  # fmt: skip
+
+
+def tt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "tinytown.cli.main", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+
+
+async def finish(town: Town, description: str, agent: str) -> str:
+    """Assign, and wait until the task is completed and its round has ended (its work is
+    committed by then, also when an agent reported the task before its round ended)."""
+    after = await town.channel.last_event_id()
+    task = await town.assign(description, agent=agent)
+    await round_done(town, agent, after, timeout_s=90)
+    done = await town.get_task(task.id)
+    assert done.state == TaskState.COMPLETED, (done.state, done.error)
+    return task.id
+
+
+async def test_two_agents_editing_one_file_land_on_two_branches_and_the_second_merge_conflicts_cleanly(
+    tt_env: dict[str, str],
+) -> None:
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    make_repository(root)
+    async with open_spawn_town(tt_env) as town:
+        for name in ("alice", "bob"):
+            agent = await town.spawn_agent(name, cli="editor", worktree=True)
+            assert agent.worktree and (root / ".tt" / "worktrees" / name / ".git").exists()
+        async with anyio.create_task_group() as tg:  # both at once
+            tg.start_soon(finish, town, "write notes.txt: from alice", "alice")
+            tg.start_soon(finish, town, "write notes.txt: from bob", "bob")
+        numbered = [await town.get_task(await town.resolve_task(f"#{n}")) for n in (1, 2)]
+        tasks = {task.assignee: task for task in numbered}
+        first, second = tasks["alice"], tasks["bob"]
+        for task, name in ((first, "alice"), (second, "bob")):
+            assert task.branch == f"tt/{name}/{task.number}"
+            assert task.base == git(root, "rev-parse", "main").strip()
+            assert task.diffstat == {"files": 1, "insertions": 1, "deletions": 0}
+            assert git(root, "show", f"{task.branch}:notes.txt") == f"hello\nfrom {name}\n"
+        # the main checkout was never touched
+        assert (root / "notes.txt").read_text() == "hello\n"
+        assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+    review = tt(tt_env, "review", f"#{first.number}")
+    assert review.returncode == 0, review.stderr
+    assert "notes.txt | 1 +" in review.stdout and "+from alice" in review.stdout
+    shown = json.loads(tt(tt_env, "review", f"#{second.number}", "--json").stdout)
+    assert "+from bob" in shown["diff"] and shown["task"]["branch"] == second.branch
+
+    merged = tt(tt_env, "merge", f"#{first.number}")
+    assert merged.returncode == 0, merged.stderr
+    assert (root / "notes.txt").read_text() == "hello\nfrom alice\n"
+    head = git(root, "rev-parse", "HEAD")
+    clash = tt(tt_env, "merge", f"#{second.number}")
+    assert clash.returncode == 1 and "conflicts in notes.txt" in clash.stderr, clash.stderr
+    assert (root / "notes.txt").read_text() == "hello\nfrom alice\n"  # as it was
+    assert git(root, "rev-parse", "HEAD") == head
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    assert not (root / ".git" / "MERGE_HEAD").exists()
+    shown = json.loads(tt(tt_env, "task", "show", f"#{first.number}", "--json").stdout)
+    assert (shown["merged_by"], shown["merged_into"], shown["branch"]) == ("conductor", "main", first.branch)
+
+    gone = tt(tt_env, "discard", f"#{second.number}")
+    assert gone.returncode == 0, gone.stderr
+    assert git(root, "branch", "--list", second.branch or "") == ""
+
+
+async def test_a_dependent_task_starts_from_its_dependencys_branch(tt_env: dict[str, str]) -> None:
+    make_repository(Path(tt_env["TINYTOWN_TOWN"]))
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("carol", cli="editor", worktree=True)
+        await town.spawn_agent("dave", cli="editor", worktree=True)
+        after = await town.channel.last_event_id()
+        first = await town.assign("write a.txt: one", agent="carol")
+        then = await town.assign("write b.txt: two", agent="dave", depends_on=[first.id])
+        done = await task_settled(town, then.id, after, timeout_s=90)
+        assert done.state == TaskState.COMPLETED, done.error
+        first = await town.get_task(first.id)
+        assert done.base == first.head  # dave went on from carol's work
+        assert git(Path(tt_env["TINYTOWN_TOWN"]), "show", f"{done.branch}:a.txt") == "one\n"
+
+
+async def test_a_killed_rounds_partial_work_is_committed_on_its_branch_when_its_task_is_recovered(
+    tt_env: dict[str, str],
+) -> None:
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    make_repository(root)
+    async with open_spawn_town(tt_env) as town:
+        erin = await town.spawn_agent("erin", cli="partial", worktree=True)
+        task = await town.assign("half of something", agent="erin")
+        assert town.paths is not None
+        wait_for_line(town.paths.logs / "erin.round-1.log", "pid ", timeout_s=60)
+        assert erin.pid is not None
+        signal_process(erin.pid, 9, group=True)  # the runner and its round, at once
+        wait_exit(erin.pid, 30)
+        report = await town.recover()
+        assert task.id in [r["task_id"] for r in report.reclaimed]
+        kept = await town.get_task(task.id)
+        assert kept.state == TaskState.PENDING and kept.branch == f"tt/erin/{kept.number}"
+        assert git(root, "show", f"{kept.branch}:partial.txt") == "half done\n"
+        assert kept.diffstat == {"files": 1, "insertions": 1, "deletions": 0}
+        assert (root / ".tt" / "worktrees" / "erin").is_dir()  # the worktree itself stays
+
+
+async def test_merge_refuses_a_dirty_checkout_and_changes_nothing(tt_env: dict[str, str]) -> None:
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    make_repository(root)
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("fay", cli="editor", worktree=True)
+        task_id = await finish(town, "write notes.txt: from fay", "fay")
+        number = (await town.get_task(task_id)).number
+    (root / "notes.txt").write_text("my own edit\n")
+    refused = tt(tt_env, "merge", f"#{number}")
+    assert refused.returncode == 1 and "uncommitted changes" in refused.stderr, refused.stderr
+    assert (root / "notes.txt").read_text() == "my own edit\n"
+
+
+async def test_a_worktree_agent_in_a_town_outside_git_is_refused_and_nothing_is_registered(
+    tt_env: dict[str, str],
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        with pytest.raises(Invalid, match="git repository"):
+            await town.spawn_agent("gus", cli="echo", worktree=True)
+        assert "gus" not in [a.name for a in await town.list_agents()]
+    done = tt(tt_env, "spawn", "gus", "--cli", "echo", "--worktree")
+    assert done.returncode == 1 and "git repository" in done.stderr
