@@ -368,7 +368,7 @@ def test_a_non_loopback_bind_needs_the_printed_token_and_ctrl_c_stops_it(
 
 def test_the_json_routes_answer_with_the_towns_error_codes(dashboard: Dashboard) -> None:
     cases = (("api/tasks/%23999999", 404, "not_found"), ("api/logs/nobody", 404, "not_found"),
-             ("api/logs/Not%20A%20Name", 400, "invalid"))
+             ("api/logs/Not%20A%20Name", 400, "invalid"), ("api/events?after=%24", 400, "invalid"))
     for path, status, code in cases:
         got, _, body = request(dashboard.url + path)
         assert (got, json.loads(body)["error"]) == (status, code), path

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,6 +52,7 @@ COOKIE = "tt_dashboard"
 STREAM_TICK_S = 1.0
 """How long one wait on the event stream blocks: the stream notices a shutdown this fast."""
 KEEP_ALIVE_S = 15.0
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 STATUS_BY_CODE = {"not_found": 404, "invalid": 400, "forbidden": 403, "conflict": 409, "unavailable": 503}
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -185,6 +187,8 @@ def create_app(town: Town, *, token: str | None = None,
         flt = await town.conversation.filter(agent=q.get("agent") or None, task=q.get("task") or None,
                                              kind=q.get("kind") or None)
         after = request.headers.get("last-event-id") or q.get("after") or await town.last_event_id()
+        if not STREAM_ID.match(after):
+            raise Invalid(f"{after!r} is not an event id")
 
         async def stream() -> AsyncIterator[str]:
             last = after
@@ -193,11 +197,12 @@ def create_app(town: Town, *, token: str | None = None,
             while not stopping():
                 try:
                     found = await town.wait_events(last, STREAM_TICK_S)
+                    entries = await town.conversation.enrich(found) if found else []
                 except TinytownError as exc:  # Redis went away: say so; the browser reconnects
                     trouble = json.dumps({"error": exc.code, "message": exc.message})
                     yield f"event: trouble\ndata: {trouble}\n\n"
                     return
-                if not found:
+                if not entries:
                     quiet += STREAM_TICK_S
                     if quiet >= KEEP_ALIVE_S:
                         quiet = 0.0
@@ -205,7 +210,7 @@ def create_app(town: Town, *, token: str | None = None,
                     continue
                 quiet = 0.0
                 chunks = []
-                for entry in await town.conversation.enrich(found):
+                for entry in entries:
                     last = entry.id
                     data = json.dumps(board.entry_json(entry, flt), separators=(",", ":"))
                     chunks.append(f"id: {entry.id}\nevent: town\ndata: {data}\n\n")
