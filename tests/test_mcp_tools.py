@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.real_redis]
 
 SPEC_TOOLS = {
     "whoami": [],
-    "town_status": [],
-    "list_agents": ["state"],
+    "town_status": ["limit", "cursor"],
+    "list_agents": ["state", "limit", "cursor"],
     "spawn_agent": ["name", "cli", "role", "nickname", "worktree"],
     "kill_agent": ["name"],
     "assign_task": ["description", "agent", "tags", "priority", "parent_id", "depends_on"],

@@ -4,8 +4,15 @@ compact message records, and ``tt backlog add --file``."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
+from conftest import make_config
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import UnixDomainSocketConnection
+
+from tinytown.errors import Invalid
 from tinytown.models import AgentState, TaskState
 from tinytown.schema import SCHEMA, upgrade
 from tinytown.tasks import MAX_PAGE
@@ -70,3 +77,133 @@ async def test_an_older_towns_indexes_are_filled_once_when_it_is_opened(town: To
     assert await town.redis.get(town.keys.schema) == str(SCHEMA)
     assert await town.open_task_ids(bob.id) == [open_task.id]
     assert [t.id for t in (await town.list_tasks(agent="bob", state="completed")).tasks] == [done.id]
+
+
+# ----------------------------------------------------------------- agents, a page at a time
+
+
+class CountingConnection(UnixDomainSocketConnection):
+    """A real connection that counts its round trips: one per request written (a pipeline
+    is written at once and its replies read back, so it counts once)."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def _round_trips(call: Callable[[], Awaitable[object]]) -> int:
+    before = CountingConnection.sent
+    await call()
+    return CountingConnection.sent - before
+
+
+@pytest.mark.real_redis
+async def test_status_and_list_agents_take_the_same_round_trips_for_10_and_200_agents(
+    redis_socket: str, town_name: str, real_redis: Redis
+) -> None:
+    pool = ConnectionPool(connection_class=CountingConnection, path=redis_socket,
+                          decode_responses=True)
+    client = Redis(connection_pool=pool)
+    town = Town(client, make_config(town_name, max_agents=300))
+    try:
+        await town.ensure_conductor()
+        for i in range(9):
+            await town.register_agent(f"a{i}")
+        await town.status()  # the clock is read once, then estimated
+        small = (await _round_trips(town.status), await _round_trips(town.agents_page))
+        for i in range(9, 199):
+            await town.register_agent(f"a{i}")
+        large = (await _round_trips(lambda: town.status(limit=500)),
+                 await _round_trips(lambda: town.agents_page(limit=500)))
+        shown = await town.status(limit=500)
+    finally:
+        await client.aclose()
+
+    assert len(shown.agents) == shown.agent_count == 200
+    assert small == large
+    assert large[0] <= 3 and large[1] <= 2
+
+
+async def test_list_agents_pages_cover_every_agent_once(town_name: str, real_redis: Redis) -> None:
+    town = Town(real_redis, make_config(town_name, max_agents=300))
+    await town.ensure_conductor()
+    names = [f"p{i}" for i in range(120)]
+    for i, name in enumerate(names):
+        await town.register_agent(name, state=AgentState.PAUSED if i % 3 == 0 else AgentState.IDLE)
+
+    async def walk(state: str | None, limit: int, pages: Callable[..., Awaitable[Any]]) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await pages(state, limit, cursor)
+            seen += page
+            if page.next_cursor is None:
+                return seen
+            cursor = page.next_cursor
+
+    async def agents(state: str | None, limit: int, cursor: str | None) -> Any:
+        page = await town.agents_page(state, limit=limit, cursor=cursor)
+        return _Page([a.name for a in page.agents], page.next_cursor)
+
+    async def statuses(_state: str | None, limit: int, cursor: str | None) -> Any:
+        page = await town.status(limit=limit, cursor=cursor)
+        return _Page([v.agent.name for v in page.agents], page.next_cursor)
+
+    assert await walk(None, 17, agents) == ["conductor", *names]
+    assert await walk(None, 121, agents) == ["conductor", *names]
+    assert await walk("paused", 7, agents) == names[::3]
+    assert await walk(None, 50, statuses) == ["conductor", *names]
+    with pytest.raises(Invalid):
+        await town.agents_page(limit=0)
+    with pytest.raises(Invalid):
+        await town.status(cursor="x")
+
+
+class _Page(list[str]):
+    def __init__(self, names: list[str], next_cursor: str | None) -> None:
+        super().__init__(names)
+        self.next_cursor = next_cursor
+
+
+# ----------------------------------------------------------------- compact records
+
+PENDING_MESSAGE_GOAL = 450
+
+
+async def test_a_pending_100_byte_message_costs_at_most_450_bytes(real_town: Town) -> None:
+    town = real_town
+    await town.register_agent("bob")
+    ids = [(await town.send("conductor", "bob", "x" * 100)).copies[0] for _ in range(200)]
+    bob = await town.get_agent("bob")
+
+    records = [await town.redis.memory_usage(town.keys.message(mid)) or 0 for mid in ids]
+    inbox = await town.redis.memory_usage(town.keys.inbox(bob.id, "normal")) or 0
+    per_message = (sum(records) + inbox) / len(ids)
+
+    assert await town.redis.type(town.keys.message(ids[0])) == "string"
+    assert per_message <= PENDING_MESSAGE_GOAL, per_message
+
+
+async def test_messages_stored_as_hashes_by_an_older_town_are_still_delivered(real_town: Town) -> None:
+    town = real_town
+    await town.register_agent("bob")
+    task = await town.assign("an old task", agent="bob")
+    bob = await town.get_agent("bob")
+    [old_id] = await town.redis.lrange(town.keys.inbox(bob.id, "normal"), 0, -1)
+    record = await town.channel.load([old_id])
+    await town.redis.delete(town.keys.message(old_id))
+    await town.redis.hset(town.keys.message(old_id), mapping={
+        **record[0].to_redis(), "attempt": str(task.attempt)})
+
+    peeked = await town.inbox("bob")
+    got = await town.receive("bob", timeout_s=0)
+    reply = await town.send("bob", "conductor", "on it", reply_to=old_id)
+    thread = await town.conversation.thread(task.id)
+
+    assert [m.id for m in peeked] == [old_id]
+    assert [(m.id, m.task_id, m.delivery_count) for m in got.messages] == [(old_id, task.id, 1)]
+    assert (await town.get_task(task.id)).state == TaskState.RUNNING
+    assert [m.id for m in thread.messages] == [old_id, reply.copies[0]]
+    assert await town.redis.type(town.keys.message(old_id)) == "string"

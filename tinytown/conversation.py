@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 
-from tinytown.errors import wrap_redis_errors
+from tinytown.errors import translate_redis_error, wrap_redis_errors
 from tinytown.models import BROADCAST, Event, Message, Task, normalise_agent_name
 
 if TYPE_CHECKING:
@@ -130,14 +131,18 @@ class Conversation:
         keys = self.town.keys
         async with wrap_redis_errors(), self.town.redis.pipeline(transaction=False) as pipe:
             for mid in message_ids.values():
-                pipe.hgetall(keys.message(mid))
+                pipe.get(keys.message(mid))
             for tid in task_ids:
                 pipe.hgetall(keys.task(tid))
-            rows = await pipe.execute()
-        messages = {
-            mid: Message.from_redis(row)
-            for mid, row in zip(message_ids.values(), rows[: len(message_ids)], strict=True) if row
-        }
+            rows = await pipe.execute(raise_on_error=False)
+        for row in rows[len(message_ids):]:
+            if isinstance(row, Exception):
+                raise translate_redis_error(row) if isinstance(row, RedisError) else row
+        messages: dict[str, Message] = {}
+        for mid, raw in zip(message_ids.values(), rows[: len(message_ids)], strict=True):
+            message = await self.town.channel.decode(mid, raw)
+            if message is not None:
+                messages[mid] = message
         loaded = [Task.from_redis(row) for row in rows[len(message_ids):] if row]
         tasks = {t.id: t for t in await self.town._name_assignees(loaded)}
         return [

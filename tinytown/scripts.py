@@ -98,6 +98,41 @@ local function hset_table(key, fields)
   if #flat > 0 then redis.call('HSET', key, unpack(flat)) end
 end
 
+-- A message record is one JSON string (compact: a hash with a field over 64 bytes leaves
+-- its listpack encoding and costs about twice as much); a town written before keeps hash
+-- records, read here as well.  msg_get returns the record as a table, or nil.
+local function msg_get(id)
+  local key = P .. 'msg:' .. id
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' and raw.err then
+    local fields = redis.call('HGETALL', key)
+    local m = {}
+    for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
+    return m
+  end
+  if not raw then return nil end
+  local m = cjson.decode(raw)
+  m['id'] = id
+  return m
+end
+
+-- store (or rewrite) a record; a rewrite keeps the expiry an acknowledged message has.
+-- The id (it is in the key) and a delivery count of 0 are left out: every byte of a
+-- pending message counts in a town with a long backlog.
+local function msg_put(id, m)
+  local stored = {}
+  for k, v in pairs(m) do stored[k] = v end
+  stored['id'] = nil
+  if stored['delivery_count'] == '0' then stored['delivery_count'] = nil end
+  redis.call('SET', P .. 'msg:' .. id, cjson.encode(stored), 'KEEPTTL')
+end
+
+local function msg_field(id, name)
+  local m = msg_get(id)
+  if m then return m[name] end
+  return nil
+end
+
 -- push a stored message id onto an agent's inbox; front=true for redelivery
 local function push(agent, id, prio, front)
   if front then redis.call('LPUSH', inbox(agent, prio), id)
@@ -110,16 +145,16 @@ end
 local function thread_of(msg)
   if msg['task_id'] then return msg['task_id'] end
   if msg['reply_to'] then
-    local r = redis.call('HMGET', P .. 'msg:' .. msg['reply_to'], 'task_id', 'thread')
-    return r[1] or r[2]
+    local r = msg_get(msg['reply_to'])
+    if r then return r['task_id'] or r['thread'] end
   end
   return nil
 end
 
-local function join_thread(tid, id, msg)
+-- (the caller records the thread on a reply before storing it: msg['thread'] = tid)
+local function join_thread(tid, id)
   local key = P .. 'task_msgs:' .. tid
   redis.call('ZADD', key, redis.call('ZCARD', key) + 1, id)
-  if not msg['task_id'] then redis.call('HSET', P .. 'msg:' .. id, 'thread', tid) end
 end
 
 local function forget(agent, id)
@@ -183,8 +218,9 @@ local function drop_oldest_notice(agent)
   for _ = 1, 1000 do
     local id = redis.call('LPOP', nkey)
     if not id then return false end
-    local m = redis.call('HMGET', P .. 'msg:' .. id, 'priority', 'delivery_count')
-    if m[1] and m[2] == '0' and redis.call('LREM', inbox(agent, m[1]), 1, id) == 1 then
+    local m = msg_get(id)
+    if m and m['priority'] and (m['delivery_count'] or '0') == '0'
+        and redis.call('LREM', inbox(agent, m['priority']), 1, id) == 1 then
       redis.call('DEL', P .. 'msg:' .. id)
       return true
     end
@@ -198,7 +234,7 @@ local function requeue_ids(agent, ids)
     local id = ids[i]
     redis.call('ZREM', P .. 'inflight:' .. agent, id)
     redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
-    local prio = redis.call('HGET', P .. 'msg:' .. id, 'priority')
+    local prio = msg_field(id, 'priority')
     if prio then push(agent, id, prio, true) end
   end
   return #ids
@@ -293,10 +329,11 @@ if OP == 'send' then
     local copy = {}
     for k, v in pairs(msg) do copy[k] = v end
     if target == '*' then copy['id'] = base .. '.' .. t[2] end
-    hset_table(P .. 'msg:' .. copy['id'], copy)
+    if tid and not copy['task_id'] then copy['thread'] = tid end
+    msg_put(copy['id'], copy)
     push(t[1], copy['id'], copy['priority'], false)
     ids[#ids + 1] = copy['id']
-    if tid then join_thread(tid, copy['id'], msg) end
+    if tid then join_thread(tid, copy['id']) end
   end
   -- 'copy' names a stored copy of a broadcast (the base id is not stored): history reads it
   local copy_id = nil
@@ -352,7 +389,7 @@ if OP == 'receive' then
   local again = {}
   local back = {}
   for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
-    local tag = redis.call('HGET', P .. 'msg:' .. id, 'batch')
+    local tag = msg_field(id, 'batch')
     if tag == batch then again[#again + 1] = id
     elseif ack_previous and tag and tag == ack_batch then forget(agent, id)
     elseif ack_previous and mine ~= '' and tag and string.sub(tag, 1, #mine) == mine then
@@ -362,7 +399,10 @@ if OP == 'receive' then
   if #back > 0 then requeue_ids(agent, back) end
   local out = {}
   if #again > 0 then
-    for _, id in ipairs(again) do out[#out + 1] = redis.call('HGETALL', P .. 'msg:' .. id) end
+    for _, id in ipairs(again) do
+      local m = msg_get(id)
+      if m then out[#out + 1] = cjson.encode(m) end
+    end
     if redis.call('GET', rkey) == batch then redis.call('DEL', rkey) end
     return {mailbox_counts(agent), out}
   end
@@ -380,30 +420,25 @@ if OP == 'receive' then
       if max_bytes > 0 and #out > 0 then
         local head = redis.call('LINDEX', inbox(agent, pr), 0)
         if not head then break end
-        if taken + redis.call('HSTRLEN', P .. 'msg:' .. head, 'body') > max_bytes then
+        if taken + string.len(msg_field(head, 'body') or '') > max_bytes then
           full = true
           break
         end
       end
       local id = redis.call('LPOP', inbox(agent, pr))
       if not id then break end
-      local mkey = P .. 'msg:' .. id
-      local fields = redis.call('HGETALL', mkey)
-      if #fields > 0 then
-        local m = {}
-        for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
-        local count = redis.call('HINCRBY', mkey, 'delivery_count', 1)
-        redis.call('HSET', mkey, 'batch', batch)
-        for i = 1, #fields, 2 do
-          if fields[i] == 'delivery_count' then fields[i + 1] = tostring(count) end
-        end
+      local m = msg_get(id)
+      if m then
+        m['delivery_count'] = tostring((tonumber(m['delivery_count']) or 0) + 1)
+        m['batch'] = batch
+        msg_put(id, m)
         -- the delivery position as a fraction of a ms keeps delivery order in the zsets
         -- (equal scores sort by id, which would shuffle a requeued batch)
         local frac = string.format('.%03d', math.min(held + #out, 999))
         redis.call('ZADD', P .. 'inflight:' .. agent, string.format('%d', now) .. frac, id)
         redis.call('ZADD', P .. 'inflight_due', string.format('%d', now + redeliver_ms) .. frac,
           agent .. '|' .. id)
-        out[#out + 1] = fields
+        out[#out + 1] = cjson.encode(m)
         taken = taken + string.len(m['body'] or '')
         local task_id = m['task_id']
         if m['kind'] == 'task' and task_id then
@@ -444,7 +479,7 @@ if OP == 'requeue_batch' then
   local agent = ARGV[4]
   local back = {}
   for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
-    if redis.call('HGET', P .. 'msg:' .. id, 'batch') == ARGV[5] then back[#back + 1] = id end
+    if msg_field(id, 'batch') == ARGV[5] then back[#back + 1] = id end
   end
   return requeue_ids(agent, back)
 end
@@ -596,9 +631,9 @@ if OP == 'apply' then
       room = inbox_size(s[1]) < plan.max_inbox or drop_oldest_notice(s[1])
     end
     if room then
-      hset_table(P .. 'msg:' .. s[2].id, s[2])
+      msg_put(s[2].id, s[2])
       push(s[1], s[2].id, s[2].priority, false)
-      if s[2].task_id then join_thread(s[2].task_id, s[2].id, s[2]) end
+      if s[2].task_id then join_thread(s[2].task_id, s[2].id) end
       if s[4] then
         local nkey = P .. 'retention:notices:' .. s[1]
         redis.call('RPUSH', nkey, s[2].id)

@@ -22,6 +22,7 @@ import anyio
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from tinytown import roster
 from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config
 from tinytown.conversation import Conversation
@@ -44,8 +45,6 @@ from tinytown.models import (
     Message,
     MessageKind,
     Priority,
-    ServerInfo,
-    TaskState,
     normalise_agent_name,
     now_ms,
 )
@@ -54,11 +53,12 @@ from tinytown.plans import Plans
 from tinytown.private import secure_runtime
 from tinytown.processes import this_host
 from tinytown.retention import Retention, retention_times
+from tinytown.roster import DEFAULT_AGENT_PAGE, AgentPage, AgentView, TownStatus
 from tinytown.schema import upgrade
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
 from tinytown.tokens import Tokens
-from tinytown.topology import cluster_server_info, is_cluster, scan_town
+from tinytown.topology import scan_town
 from tinytown.worktrees import Worktrees
 
 T = TypeVar("T")
@@ -67,27 +67,7 @@ MAX_BATCH = 100
 RETRIES = 8
 
 
-class AgentView(BaseModel):
-    """An agent as status shows it: the record plus its mailbox and staleness."""
-
-    agent: Agent
-    inbox: InboxCounts
-    stale: bool
-    runner_gone: bool = False
-    """A spawned agent whose runner process has ended although its state says otherwise
-    (it crashed or was SIGKILLed); ``tt recover`` repairs the record."""
-
-
-class TownStatus(BaseModel):
-    now: int
-    """Redis's clock (ms) when the status was taken: what staleness and ages are measured against."""
-    town: str
-    root: str | None
-    redis: str
-    server: ServerInfo | None = None
-    """The server's name and version (None where ``INFO`` is not allowed)."""
-    agents: list[AgentView]
-    tasks: dict[str, int]
+__all__ = ["AgentView", "SendReceipt", "Town", "TownStatus"]
 
 
 class SendReceipt(BaseModel):
@@ -238,6 +218,18 @@ class Town(TaskOps, LifecycleOps):
                 rows = await pipe.execute()
         agents = [Agent.from_redis(row) for row in rows if row]
         return [a for a in agents if wanted is None or a.state == wanted]
+
+    async def agents_page(
+        self, state: AgentState | str | None = None, *, limit: int = DEFAULT_AGENT_PAGE,
+        cursor: str | None = None,
+    ) -> AgentPage:
+        """A page of agents in creation order (the conductor first), optionally of one state;
+        pass ``next_cursor`` back for the next page.
+
+        Raises:
+            Invalid: a bad state, limit or cursor.
+        """
+        return await roster.agents_page(self, state, limit=limit, cursor=cursor)
 
     def validate_agent_name(self, name: str) -> str:
         """Return the normalised name, or raise :class:`Invalid` saying what is allowed."""
@@ -607,37 +599,14 @@ class Town(TaskOps, LifecycleOps):
 
     # ----------------------------------------------------------------- town
 
-    async def status(self) -> TownStatus:
-        """Agents with their inbox counts and staleness, task counts by state."""
-        agents = await self.list_agents()
-        now = await self.now_ms()
-        views = [
-            AgentView(
-                agent=a, inbox=await self.channel.counts(a.id),
-                stale=a.is_stale(self.config.stale_after_s, at_ms=now),
-                runner_gone=a.state not in (AgentState.STOPPED, AgentState.ERROR)
-                and self.runner_known_gone(a),
-            )
-            for a in agents
-        ]
-        async with wrap_redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for state in TaskState:
-                    pipe.zcard(self.keys.tasks_in_state(state))
-                if not is_cluster(self.redis):
-                    pipe.info("server")  # refused by an ACL without INFO: no server line
-                *counts, info = [*await pipe.execute(raise_on_error=False), None][:len(TaskState) + 1]
-            for count in counts:
-                if isinstance(count, Exception):
-                    raise count
-            if is_cluster(self.redis):  # the node that serves the town's slot
-                info = await cluster_server_info(self.redis, self.keys.seq)
-        server = ServerInfo.from_info(info) if isinstance(info, dict) else None
-        return TownStatus(
-            now=now, town=self.name, root=str(self.root) if self.root else None,
-            redis=self.redis_display, server=server, agents=views,
-            tasks={s.value: int(n) for s, n in zip(TaskState, counts, strict=True)},
-        )
+    async def status(self, *, limit: int = DEFAULT_AGENT_PAGE, cursor: str | None = None) -> TownStatus:
+        """A page of agents with their inbox counts and staleness, task counts by state, in
+        a constant number of round trips (:mod:`tinytown.roster`).
+
+        Raises:
+            Invalid: a bad limit or cursor.
+        """
+        return await roster.status(self, limit=limit, cursor=cursor)
 
     async def history(self, count: int = 20) -> list[Event]:
         return await self.channel.events(count)

@@ -18,6 +18,7 @@ from pydantic import Field
 from tinytown.errors import NotFound
 from tinytown.models import MAX_RECEIVE_TIMEOUT_S
 from tinytown.prompting import unwrap
+from tinytown.roster import DEFAULT_AGENT_PAGE, MAX_AGENT_PAGE
 from tinytown.tasks import MAX_PAGE, MAX_TAG_LEN, MAX_TAGS
 from tinytown.town import MAX_BATCH
 from tinytown_mcp.adapter import Session, ToolContext, answer
@@ -57,12 +58,19 @@ async def whoami(ctx: ToolContext) -> CallToolResult:
     return await answer(ctx, "whoami", call)
 
 
-async def town_status(ctx: ToolContext) -> CallToolResult:
-    """The whole town at a glance: its Redis (password masked), every agent with its state,
-    staleness and inbox counts, and how many tasks are in each state."""
+async def town_status(
+    ctx: ToolContext,
+    limit: Annotated[int, Field(ge=1, le=MAX_AGENT_PAGE, description="Agents per page.")] = (
+        DEFAULT_AGENT_PAGE),
+    cursor: Annotated[str | None, Field(max_length=64, description=(
+        "The `next_cursor` of the previous page, to see more agents."))] = None,
+) -> CallToolResult:
+    """The whole town at a glance: its Redis (password masked), the agents (a page, the
+    conductor first) with state, staleness and inbox counts, how many agents there are, and
+    how many tasks are in each state. When `next_cursor` is not null, pass it as `cursor`."""
 
     async def call(s: Session) -> dict[str, Any]:
-        return (await s.town.status()).model_dump(mode="json")
+        return (await s.town.status(limit=limit, cursor=cursor)).model_dump(mode="json")
 
     return await answer(ctx, "town_status", call)
 
@@ -70,12 +78,17 @@ async def town_status(ctx: ToolContext) -> CallToolResult:
 async def list_agents(
     ctx: ToolContext,
     state: Annotated[AgentStateName | None, Field(description="Only agents in this state.")] = None,
+    limit: Annotated[int, Field(ge=1, le=MAX_AGENT_PAGE, description="Page size.")] = DEFAULT_AGENT_PAGE,
+    cursor: Annotated[str | None, Field(max_length=64, description=(
+        "The `next_cursor` of the previous page, to continue."))] = None,
 ) -> CallToolResult:
-    """The agents of the town (the conductor first), optionally only those in one state. Use the
-    names as `to` in send_message or `agent` in assign_task."""
+    """A page of the town's agents (the conductor first), optionally only those in one state.
+    Use the names as `to` in send_message or `agent` in assign_task. When `next_cursor` is
+    not null, pass it as `cursor` for the next page."""
 
     async def call(s: Session) -> dict[str, Any]:
-        return {"agents": await s.town.list_agents(state)}
+        page = await s.town.agents_page(state, limit=limit, cursor=cursor)
+        return {"agents": page.agents, "next_cursor": page.next_cursor}
 
     return await answer(ctx, "list_agents", call)
 

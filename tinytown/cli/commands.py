@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from tinytown.models import Message
     from tinytown.orders import StopOutcome
     from tinytown.redis_server import ManagedRedis
-    from tinytown.town import Town, TownStatus
+    from tinytown.roster import TownStatus
+    from tinytown.town import Town
 
 WATCH_REFRESH_S = 3.0
 WATCH_INBOX = 5  # conductor messages shown by status --watch
@@ -243,11 +244,13 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Keep showing it, refreshed when the town changes.")
     ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Agents per page (1-500).")] = 100,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of the previous page.")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """The town: Redis, agents (state, staleness, inbox, task), task counts by state."""
     if not watch:
-        result, numbers = run(ctx, _status_view)
+        result, numbers = run(ctx, lambda town: _status_view(town, limit, cursor))
         if json_out:
             print_json(result)
         else:
@@ -320,8 +323,10 @@ def _inbox_parts(current: "TownStatus", inbox: "list[Message]", numbers: dict[st
     return lines
 
 
-async def _status_view(town: "Town") -> "tuple[TownStatus, dict[str, int]]":
-    current = await town.status()
+async def _status_view(
+    town: "Town", limit: int = 100, cursor: str | None = None
+) -> "tuple[TownStatus, dict[str, int]]":
+    current = await town.status(limit=limit, cursor=cursor)
     return current, await _current_numbers(town, [v.agent for v in current.agents])
 
 
@@ -346,6 +351,9 @@ def _status_parts(current: "TownStatus", numbers: dict[str, int]) -> "list[Part]
             str(view.inbox.in_flight), task_ref(agent.current_task, numbers),
         ])  # fmt: skip
     parts.append(table)
+    if current.next_cursor:
+        parts.append(f"{len(current.agents)} of {current.agent_count} agents; more: tt status "
+                     f"--cursor {current.next_cursor}")
     parts.append("tasks  " + "  ".join(f"{name} {count}" for name, count in current.tasks.items()))
     return parts
 
@@ -354,21 +362,27 @@ def _status_parts(current: "TownStatus", numbers: dict[str, int]) -> "list[Part]
 def list_agents(
     ctx: typer.Context,
     agent_state: Annotated[str | None, typer.Option("--state", help="Only agents in this state.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Page size (1-500).")] = 100,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of the previous page.")] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """The agents of the town (the conductor first)."""
+    """The agents of the town (the conductor first), a page at a time."""
 
-    async def go(town: "Town") -> tuple[list[Any], float, dict[str, int], int]:
-        agents = await town.list_agents(agent_state)
-        return agents, town.config.stale_after_s, await _current_numbers(town, agents), await town.now_ms()
+    async def go(town: "Town") -> tuple[Any, float, dict[str, int], int]:
+        page = await town.agents_page(agent_state, limit=limit, cursor=cursor)
+        numbers = await _current_numbers(town, page.agents)
+        return page, town.config.stale_after_s, numbers, await town.now_ms()
 
-    agents, stale_after_s, numbers, at_ms = run(ctx, go)
+    page, stale_after_s, numbers, at_ms = run(ctx, go)
     if json_out:
-        print_json({"agents": agents})
+        print_json({"agents": page.agents, "next_cursor": page.next_cursor})
         return
     from tinytown.cli.render import agents_table, show
 
-    show([agents_table(agents, stale_after_s, at_ms, numbers)])
+    parts: list[Part] = [agents_table(page.agents, stale_after_s, at_ms, numbers)]
+    if page.next_cursor:
+        parts.append(f"more: tt list --cursor {page.next_cursor}")
+    show(parts)
 
 
 RESET_STOP_S = 30.0
@@ -490,7 +504,7 @@ async def _message_numbers(town: "Town", messages: "list[Message]") -> dict[str,
 
 def _inbox_all(ctx: typer.Context, limit: int, count: bool, json_out: bool) -> None:
     async def go(town: "Town") -> list[dict[str, Any]]:
-        views = (await town.status()).agents
+        views = (await town.status(limit=500)).agents
         rows: list[dict[str, Any]] = [
             {"agent": v.agent.name, "inbox": v.inbox,
              "messages": [] if count or not v.inbox.pending else await town.inbox(v.agent.name, limit)}
