@@ -4,7 +4,11 @@ compact message records, and ``tt backlog add --file``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +16,7 @@ from conftest import make_config
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import UnixDomainSocketConnection
 
+from tinytown.bulk import SLICE
 from tinytown.errors import Invalid
 from tinytown.models import AgentState, TaskState
 from tinytown.schema import SCHEMA, upgrade
@@ -207,3 +212,77 @@ async def test_messages_stored_as_hashes_by_an_older_town_are_still_delivered(re
     assert (await town.get_task(task.id)).state == TaskState.RUNNING
     assert [m.id for m in thread.messages] == [old_id, reply.copies[0]]
     assert await town.redis.type(town.keys.message(old_id)) == "string"
+
+
+# ----------------------------------------------------------------- tt backlog add --file
+
+
+def _tt(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tinytown.cli.main", *args], env=env, input=stdin,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.real_redis
+def test_backlog_add_file_adds_plain_and_json_lines_in_order(tt_env: dict[str, str], tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text(
+        "write the parser\n"
+        "\n"
+        '{"description": "test the parser", "tags": ["qa", "parser"], "priority": "high"}\n'
+        '{"description": "ship it"}\n',
+        encoding="utf-8",
+    )
+
+    added = _tt("backlog", "add", "--file", str(tasks), "--json", env=tt_env)
+    listed = _tt("backlog", "list", "--json", env=tt_env)
+
+    assert added.returncode == 0, added.stderr
+    result = json.loads(added.stdout)
+    backlog = json.loads(listed.stdout)["tasks"]
+    assert result["added"] == 3 and [t["number"] for t in result["tasks"]] == [1, 2, 3]
+    assert [(t["description"], t["tags"], t["priority"]) for t in backlog] == [
+        ("write the parser", [], "normal"), ("test the parser", ["qa", "parser"], "high"),
+        ("ship it", [], "normal"),
+    ]
+    assert [t["id"] for t in backlog] == [t["id"] for t in result["tasks"]]
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize(("bad", "said"), [
+    ('{"description": "x", "priority": "soon"}', "priority must be one of"),
+    ('{"description": "unclosed"', "not a JSON object"),
+    ('{"tags": ["a"]}', '"description" (a string) is missing'),
+    ('{"description": "x", "owner": "bob"}', "unknown field(s) owner"),
+])
+def test_backlog_add_file_names_the_bad_line_and_adds_nothing(
+    tt_env: dict[str, str], tmp_path: Path, bad: str, said: str
+) -> None:
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text(f"fine one\nfine two\n\n{bad}\nfine three\n", encoding="utf-8")
+
+    done = _tt("backlog", "add", "--file", str(tasks), env=tt_env)
+    listed = json.loads(_tt("backlog", "list", "--json", env=tt_env).stdout)
+
+    assert done.returncode == 1
+    assert "line 4: " in done.stderr and said in done.stderr and "nothing was added" in done.stderr
+    assert listed["tasks"] == []
+
+
+@pytest.mark.real_redis
+def test_backlog_add_file_from_stdin_writes_hundreds_per_round_trip_with_progress(
+    tt_env: dict[str, str]
+) -> None:
+    lines = "".join(f"task {i}\n" for i in range(1, SLICE * 2 + 11))
+
+    done = _tt("backlog", "add", "--file", "-", env=tt_env, stdin=lines)
+    status = json.loads(_tt("status", "--json", env=tt_env).stdout)
+
+    assert done.returncode == 0, done.stderr
+    assert f"added {SLICE * 2 + 10} tasks to the backlog (#1-#{SLICE * 2 + 10})" in done.stdout
+    assert done.stderr.splitlines() == [
+        f"added {SLICE}/{SLICE * 2 + 10} tasks", f"added {SLICE * 2}/{SLICE * 2 + 10} tasks",
+        f"added {SLICE * 2 + 10}/{SLICE * 2 + 10} tasks",
+    ]
+    assert status["tasks"]["pending"] == SLICE * 2 + 10

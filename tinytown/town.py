@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from tinytown import roster
+from tinytown.bulk import BulkProgress, BulkResult, TaskSpec, add_tasks
 from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config
 from tinytown.conversation import Conversation
@@ -476,6 +477,17 @@ class Town(TaskOps, LifecycleOps):
         plan.event("agent.pruned", agent=agent.name)
         await self.channel.apply(plan)
         self._ids.pop(agent.name, None)
+
+    async def add_tasks(
+        self, specs: Sequence[TaskSpec], *, by: str = CONDUCTOR, progress: BulkProgress | None = None
+    ) -> BulkResult:
+        """Add many tasks to the backlog, a few hundred per round trip, after checking them
+        all (:mod:`tinytown.bulk`; ``tt backlog add --file``).
+
+        Raises:
+            Invalid: a task is not valid (named by its line); nothing was added.
+        """
+        return await add_tasks(self, specs, by=by, progress=progress)
 
     # ----------------------------------------------------------------- messages
 

@@ -712,13 +712,21 @@ def _finished(task: Any, json_out: bool) -> None:
 @backlog_app.command("add")
 def backlog_add(
     ctx: typer.Context,
-    description: Annotated[str, typer.Argument(help="What should be done.")],
+    description: Annotated[str | None, typer.Argument(help="What should be done.")] = None,
     tags: TagOption = None,
     priority: PriorityOption = "normal",
+    file: Annotated[str | None, typer.Option("--file", "-f", help=(
+        "Add every task of FILE ('-': stdin): one description a line, or JSON lines "
+        '{"description": ..., "tags": [...], "priority": ...}.'))] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Put a task in the backlog for any agent to claim."""
+    """Put a task in the backlog for any agent to claim (or many, with --file)."""
     who = identity()
+    if file is not None or description is None:
+        from tinytown.cli.bulk_cmd import add_from_file
+
+        add_from_file(ctx, file, description, who, json_out)
+        return
     task = run(ctx, lambda town: town.assign(description, by=who, tags=tags or [], priority=priority))
     if json_out:
         print_json(task)
