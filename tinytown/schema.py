@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 SCHEMA = 2
 SLICE = 1000
-UNFINISHED = (TaskState.ASSIGNED, TaskState.RUNNING)
+UNFINISHED = (TaskState.WAITING, TaskState.ASSIGNED, TaskState.RUNNING)
 
 
 async def upgrade(town: Town) -> bool:
