@@ -641,7 +641,8 @@ if OP == 'apply' then
         -- forget up to two notices delivered meanwhile: the list tracks the queued ones
         for _ = 1, 2 do
           local head = redis.call('LINDEX', nkey, 0)
-          if not head or redis.call('HGET', P .. 'msg:' .. head, 'delivery_count') == '0' then break end
+          local queued = head and msg_get(head)
+          if not head or (queued and (queued['delivery_count'] or '0') == '0') then break end
           redis.call('LPOP', nkey)
         end
       end
