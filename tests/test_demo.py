@@ -80,3 +80,26 @@ def test_tt_demo_interrupted_by_ctrl_c_still_cleans_up() -> None:
     assert "demo interrupted; cleaned up" in err
     assert not Path(root).exists()
     assert processes_mentioning(root) == []
+
+
+def test_tt_demo_worktree_has_two_agents_change_files_in_parallel_and_merges_both(tmp_path: Path) -> None:
+    env = clean_env()
+    env["PATH"] = path_without_servers(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "tinytown.cli.main", "demo", "--worktree", "--keep"],
+        check=False, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    root = Path(re.search(r"town demo in (\S+),", out).group(1))  # type: ignore[union-attr]
+    try:
+        assert re.search(r"merged #1 \(tt/alice/1, 1 file\(s\), \+1 -0\) into \S+", out), out
+        assert re.search(r"merged #2 \(tt/bob/2, 1 file\(s\), \+1 -0\) into \S+", out), out
+        assert "2 of 2 tasks completed" in out
+        assert (root / "docs" / "alice.md").read_text() == "Alice was here, on her own branch.\n"
+        assert (root / "docs" / "bob.md").read_text() == "Bob was here, on his own branch.\n"
+        log = subprocess.run(["git", "log", "--oneline"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+        assert "tinytown: task #1" in log and "tinytown: merge task #2" in log
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

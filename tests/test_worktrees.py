@@ -156,6 +156,9 @@ async def test_a_killed_rounds_partial_work_is_committed_on_its_branch_when_its_
         assert git(root, "show", f"{kept.branch}:partial.txt") == "half done\n"
         assert kept.diffstat == {"files": 1, "insertions": 1, "deletions": 0}
         assert (root / ".tt" / "worktrees" / "erin").is_dir()  # the worktree itself stays
+        assert await town.prune() == ["erin"]  # now it goes; its branch stays
+        assert not (root / ".tt" / "worktrees" / "erin").exists()
+        assert git(root, "show", f"{kept.branch}:partial.txt") == "half done\n"
 
 
 async def test_merge_refuses_a_dirty_checkout_and_changes_nothing(tt_env: dict[str, str]) -> None:
@@ -180,3 +183,30 @@ async def test_a_worktree_agent_in_a_town_outside_git_is_refused_and_nothing_is_
         assert "gus" not in [a.name for a in await town.list_agents()]
     done = tt(tt_env, "spawn", "gus", "--cli", "echo", "--worktree")
     assert done.returncode == 1 and "git repository" in done.stderr
+
+
+def test_worktrees_and_their_branches_survive_tt_down_and_up(tmp_path: Path) -> None:
+    from conftest import clean_env
+
+    env = clean_env()
+    env["TINYTOWN_TOWN"] = str(tmp_path)
+    (tmp_path / "tinytown.toml").write_text('name = "wt-down-up"\n')
+    make_repository(tmp_path)
+    try:
+        spawned = tt(env, "spawn", "hal", "--cli", "scripted", "--worktree", "--max-rounds", "1")
+        assert spawned.returncode == 0, spawned.stderr
+        assert tt(env, "assign", "hal", "2 + 3").returncode == 0
+        waited = tt(env, "wait", "hal", "--timeout", "110")  # its one round, then it stops
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        task = json.loads(tt(env, "task", "show", "#1", "--json").stdout)
+        assert task["state"] == "completed" and task["head"], task
+        assert task["branch"] == "tt/hal/1", task
+        down = tt(env, "down", "--all")
+        assert down.returncode == 0, down.stderr
+        assert tt(env, "up").returncode == 0
+        assert (tmp_path / ".tt" / "worktrees" / "hal" / ".git").exists()
+        assert "tt/hal/1" in git(tmp_path, "branch", "--list", "tt/*")
+        review = tt(env, "review", "#1")
+        assert review.returncode == 0 and "tt/hal/1" in review.stdout, review.stderr
+    finally:
+        tt(env, "down", "--all")

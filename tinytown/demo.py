@@ -42,6 +42,11 @@ TASKS = (
     "1000 / 8",
     "the quick brown fox jumps over the lazy dog",
 )
+# --worktree: each agent changes the repository in its own worktree, then the conductor merges
+WORKTREE_TASKS = (
+    "write docs/alice.md: Alice was here, on her own branch.",
+    "write docs/bob.md: Bob was here, on his own branch.",
+)
 DEADLINE_S = 90.0
 # free text shares a narrow terminal; ids, states and names stay whole
 FOLDING = frozenset({"description", "result"})
@@ -114,20 +119,38 @@ class View:
         return [table, *self.lines]
 
 
-def run_demo(*, keep: bool = False, n_tasks: int = len(TASKS), json_out: bool = False) -> int:
-    """Run the demo; returns the exit code (0: every task completed)."""
+def run_demo(
+    *, keep: bool = False, n_tasks: int = len(TASKS), json_out: bool = False, worktree: bool = False
+) -> int:
+    """Run the demo; returns the exit code (0: every task completed).  ``worktree``: the town
+    is a git repository, each agent works in its own worktree, and the conductor merges."""
     for var in ("REDIS_URL", "TINYTOWN_TOWN", "TINYTOWN_AGENT", "TINYTOWN_TASK_ID", "TINYTOWN_MCP_CONFIG"):
         os.environ.pop(var, None)  # the demo always runs on its own managed Redis
     root = Path(tempfile.mkdtemp(prefix="tt-demo-"))
     paths = TownPaths(root)
     try:
         init_town(root, name="demo")
-        return anyio.run(_demo, paths, n_tasks, json_out)
+        if worktree:
+            _make_repository(root)
+        return anyio.run(_demo, paths, n_tasks, json_out, worktree)
     finally:
         _clean_up(paths, keep)
 
 
-async def _demo(paths: TownPaths, n_tasks: int, json_out: bool) -> int:
+def _make_repository(root: Path) -> None:
+    """The demo town as a git repository with a first commit (as the demo, if git does not
+    know the user)."""
+    import subprocess
+
+    who = {"GIT_AUTHOR_NAME": "tinytown demo", "GIT_AUTHOR_EMAIL": "demo@tinytown.invalid",
+           "GIT_COMMITTER_NAME": "tinytown demo", "GIT_COMMITTER_EMAIL": "demo@tinytown.invalid"}
+    (root / "README.md").write_text("# A demo repository\n")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "a demo repository"]):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, timeout=60,
+                       env={**os.environ, **who})  # fmt: skip
+
+
+async def _demo(paths: TownPaths, n_tasks: int, json_out: bool, worktree: bool = False) -> int:
     town = await Town.open(paths.root)
     try:
         if not json_out:
@@ -149,18 +172,21 @@ async def _demo(paths: TownPaths, n_tasks: int, json_out: bool) -> int:
                 if not json_out:
                     tg.start_soon(_watch, town, view, after)
                 for name, role in AGENTS:
-                    await town.spawn_agent(name, cli="scripted", role=role)
+                    await town.spawn_agent(name, cli="scripted", role=role, worktree=worktree)
                 task_ids = []
-                for i in range(n_tasks):
+                jobs = WORKTREE_TASKS if worktree else TASKS
+                for i in range(len(WORKTREE_TASKS) if worktree else n_tasks):
                     name = AGENTS[i % len(AGENTS)][0]
-                    task = await town.assign(TASKS[i % len(TASKS)], agent=name)
+                    task = await town.assign(jobs[i % len(jobs)], agent=name)
                     task_ids.append(task.id)
                 with anyio.move_on_after(DEADLINE_S) as deadline:
                     await _all_final(town, task_ids, after)
                 ok = not deadline.cancelled_caught
                 for name, _role in AGENTS:
-                    await town.kill_agent(name)
+                    await town.kill_agent(name)  # after its round: its work is committed
                 tg.cancel_scope.cancel()
+        if worktree and ok:
+            ok = await _merge_all(town, task_ids, json_out)
         return await _final(town, task_ids, ok, json_out)
     finally:
         with anyio.CancelScope(shield=True):
@@ -168,6 +194,20 @@ async def _demo(paths: TownPaths, n_tasks: int, json_out: bool) -> int:
                 with contextlib.suppress(Exception):
                     await town.kill_agent(name, now=True, timeout_s=3)
             await town.close()
+
+
+async def _merge_all(town: Town, task_ids: list[str], json_out: bool) -> bool:
+    """The conductor merges each task's branch into the checkout (as ``tt merge`` does)."""
+    for task_id in task_ids:
+        task = await town.worktrees.merge(task_id, by="conductor")
+        if not json_out:
+            show([f"merged {task.ref} ({task.branch}, {_change(task)}) into {task.merged_into}"])
+    return True
+
+
+def _change(task: Task) -> str:
+    stat = task.diffstat or {}
+    return f"{stat.get('files', 0)} file(s), +{stat.get('insertions', 0)} -{stat.get('deletions', 0)}"
 
 
 async def _watch(town: Town, view: View, after: str) -> None:

@@ -421,7 +421,9 @@ class LifecycleOps:
     # ----------------------------------------------------------------- prune, recover
 
     async def prune(self) -> list[str]:
-        """Delete every stopped (or errored) agent and its keys; returns their names.
+        """Delete every stopped (or errored) agent and its keys; returns their names.  A
+        worktree agent's worktree goes too, once what it held is committed on its branch (the
+        branches stay for ``tt review``/``merge``/``discard``).
 
         An agent whose runner is still finishing is left for the next prune.
         """
@@ -429,6 +431,9 @@ class LifecycleOps:
         for agent in await self.list_agents():
             if agent.name == CONDUCTOR or agent.state not in GONE_STATES or self.runner_pid(agent):
                 continue
+            if agent.worktree:  # its work stays on its branches; the worktree itself goes
+                await self.worktrees.commit_leftovers(agent.name, release=True)
+                await self.worktrees.remove(agent.name)
             try:
                 await self.delete_agent(agent.name)
             except (Conflict, NotFound):

@@ -10,6 +10,7 @@
    ``receive`` once for anything newer;
 3. does each task's small job: evaluates an arithmetic expression (``"(17 - 5) * 3"``), else
    counts and reverses the words; a description starting with ``fail:`` is reported failed;
+   ``write FILE: TEXT`` appends TEXT to FILE in its working directory (``tt demo --worktree``);
 4. reports it with ``task_done`` / ``task_failed``, answers each ``query`` with
    ``send_message(reply_to=...)``, tells its peers in an ``info`` message, acknowledges the
    rest with ``ack`` and exits 0.
@@ -66,11 +67,23 @@ def _evaluate(node: ast.AST) -> float | int:
     raise ValueError("not simple arithmetic")
 
 
+WRITE_RE = re.compile(r"^write ([\w./-]+): (.*)$", re.DOTALL)
+
+
 def work(description: str) -> tuple[bool, str]:
     """The deterministic job: ``(ok, result or error)``."""
     text = description.strip()
     if text.lower().startswith("fail:"):
         return False, text[5:].strip() or "asked to fail"
+    write = WRITE_RE.match(text)
+    if write:  # "write FILE: TEXT" appends a line to FILE under the current directory
+        target = Path(write.group(1))
+        if target.is_absolute() or ".." in target.parts:
+            return False, f"{target} is outside the working directory"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("a", encoding="utf-8") as out:
+            out.write(write.group(2).strip() + "\n")
+        return True, f"wrote {target}"
     try:
         value = _evaluate(ast.parse(text, mode="eval"))
     except (SyntaxError, ValueError, ZeroDivisionError, TypeError, RecursionError):

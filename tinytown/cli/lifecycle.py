@@ -252,6 +252,9 @@ def prime(
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo town (print its directory).")] = False,
     tasks: Annotated[int, typer.Option("--tasks", min=1, max=50, help="How many tasks to assign.")] = 6,
+    worktree: Annotated[bool, typer.Option(
+        "--worktree", help="A git town: each agent changes files in its own worktree, then both are merged."
+    )] = False,
     json_out: JsonOption = False,
 ) -> None:
     """A throwaway town: managed Redis, two scripted agents talking MCP over stdio, tasks done."""
@@ -259,7 +262,7 @@ def demo(
     from tinytown.errors import TinytownError
 
     try:
-        code = run_demo(keep=keep, n_tasks=tasks, json_out=json_out)
+        code = run_demo(keep=keep, n_tasks=tasks, json_out=json_out, worktree=worktree)
     except TinytownError as error:
         fail(error)
     except KeyboardInterrupt:
