@@ -246,7 +246,12 @@ async function showTask(id, quiet) {
       field("tags", (t.tags || []).join(", ")), field("depends on", (t.depends_on || []).join(" ")),
       field("waiting on", t.state === "waiting" ? (t.waiting_on || []).join(" ") : ""),
       field("attempt", t.attempt ? String(t.attempt) : ""), field("description", t.description),
-      field("result", t.result), field("error", t.error), field("decided by", t.decided_by));
+      field("result", t.result), field("error", t.error), field("decided by", t.decided_by),
+      field("branch", t.branch), field("change", t.diffstat
+        ? `${t.diffstat.files} file(s), +${t.diffstat.insertions} -${t.diffstat.deletions} (${(t.base || "").slice(0, 10)}…${(t.head || "").slice(0, 10)})`
+        : ""),
+      field("merged", t.merged_by ? `by ${t.merged_by} into ${t.merged_into}` : ""),
+      field("discarded", t.discarded ? "yes" : ""));
     const thread = el("ol", { id: "thread", class: "feed" }, t.thread.map((m) => el("li", { class: "entry", "data-message-id": m.id },
       el("span", { class: "at" }, clock(m.created_at)), el("span", { class: "what" }, `${m.from} → ${m.to}`),
       el("span", { class: "kind" }, `[${m.kind}]`), el("pre", { class: "body" }, m.body))));
