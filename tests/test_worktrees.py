@@ -159,6 +159,8 @@ async def test_a_killed_rounds_partial_work_is_committed_on_its_branch_when_its_
         assert await town.prune() == ["erin"]  # now it goes; its branch stays
         assert not (root / ".tt" / "worktrees" / "erin").exists()
         assert git(root, "show", f"{kept.branch}:partial.txt") == "half done\n"
+        dropped = await town.worktrees.discard(f"#{kept.number}")
+        assert dropped.discarded and git(root, "branch", "--list", kept.branch or "") == ""
 
 
 async def test_merge_refuses_a_dirty_checkout_and_changes_nothing(tt_env: dict[str, str]) -> None:

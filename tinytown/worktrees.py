@@ -309,6 +309,12 @@ class Worktrees:
         when the agent is gone."""
         task = await self._task_with_branch(ref)
         await anyio.to_thread.run_sync(self._discard, task)
+        assert task.branch is not None
+        agent = task.branch.split("/")[1]
+        try:
+            await self.town.get_agent(agent)
+        except NotFound:  # the agent is gone: its worktree has nothing left to do
+            await self.remove(agent)
         return await self._record(task, {"discarded": True})
 
     def _discard(self, task: Task) -> None:
