@@ -72,9 +72,12 @@ class Node:
     proc: subprocess.Popen[bytes]
     folder: Path
     argv: list[str] = field(default_factory=list)
+    tls: dict[str, object] = field(default_factory=dict)
+    """Client options for a server that speaks only TLS."""
 
     def client(self, **options: object) -> SyncRedis:
-        return SyncRedis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True, **options)
+        return SyncRedis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True,
+                         **{**self.tls, **options})
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -210,6 +213,8 @@ class SentinelSet:
     binary: str
     folder: Path
     service: str = "town-redis"
+    certs: dict[str, Path] | None = None
+    """With certificates (:func:`make_certificates`) every server and Sentinel speaks only TLS."""
     servers: list[Node] = field(default_factory=list)
     sentinels: list[Node] = field(default_factory=list)
 
@@ -232,9 +237,17 @@ class SentinelSet:
         if len(ports) < 6:
             pytest.fail("the same free port was drawn twice")
         primary = ports[0]
+        tls: list[str] = []
+        if self.certs:
+            tls = ["--tls-replication", "yes", "--tls-auth-clients", "no",
+                   "--tls-cert-file", str(self.certs["server"]),
+                   "--tls-key-file", str(self.certs["server-key"]),
+                   "--tls-ca-cert-file", str(self.certs["ca"])]  # fmt: skip
+        listen = (lambda port: ["--port", "0", "--tls-port", str(port)]) if self.certs else (
+            lambda port: ["--port", str(port)])
         self.servers = [
             _start(self.binary, self.folder / f"a{attempt}-redis-{port}", [
-                "--port", str(port), *common,
+                *listen(port), *common, *tls,
                 *(["--replicaof", "127.0.0.1", str(primary)] if port != primary else []),
             ], port)
             for port in ports[:3]
@@ -242,8 +255,9 @@ class SentinelSet:
         for port in ports[3:]:
             folder = self.folder / f"a{attempt}-sentinel-{port}"
             folder.mkdir(parents=True, exist_ok=True)
+            conf = " ".join(listen(port) + tls).replace(" --", "\n").removeprefix("--")
             (folder / "sentinel.conf").write_text(
-                f"port {port}\nbind 127.0.0.1\n"
+                f"{conf}\nbind 127.0.0.1\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {primary} 2\n"
                 f"sentinel down-after-milliseconds {self.service} 1000\n"
                 f"sentinel failover-timeout {self.service} 5000\n"
@@ -251,6 +265,8 @@ class SentinelSet:
             )
             self.sentinels.append(_start(self.binary, folder, ["sentinel.conf", "--sentinel"], port))
         for node in self.servers + self.sentinels:
+            if self.certs:
+                node.tls = {"ssl": True, "ssl_ca_certs": str(self.certs["ca"])}
             wait_until(f"server {node.port} answers", lambda n=node: _ready(n), 10)
         wait_until("the Sentinels see the primary, 2 replicas and each other", self.healthy)
         return self

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import clean_env, make_config, start_redis_server
-from deploy_servers import Cluster, Node, SentinelSet, remove, tls_server, wait_until
+from deploy_servers import Cluster, Node, SentinelSet, make_certificates, remove, tls_server, wait_until
 from mcp_support import ok, stdio
 from redis import Redis as SyncRedis
 from redis.exceptions import NoPermissionError
@@ -380,6 +380,25 @@ async def test_a_town_works_over_tls_with_the_ca_named_in_the_url(
             await open_town(f"rediss://127.0.0.1:{node.port}", town_name)
         await town.redis.aclose()
         closing.clear()
+
+
+async def test_a_town_works_through_a_rediss_sentinel_url_with_the_ca_named_in_it(
+    tmp_path: Path, town_name: str, closing: list[Town],
+) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    tls = SentinelSet(server_binary("redis7"), tmp_path / "sentinel", certs=certs).start()
+    try:
+        url = tls.url("rediss+sentinel") + f"?ssl_ca_certs={certs['ca']}"
+        check_redis_url(url)
+        town = await open_town(url, town_name)
+        closing.append(town)
+        await workload(town)
+        with pytest.raises(Unavailable):  # without the CA neither Sentinel nor server is trusted
+            await open_town(tls.url("rediss+sentinel"), town_name)
+        await town.redis.aclose()
+        closing.clear()
+    finally:
+        tls.stop()
 
 
 @pytest.mark.parametrize("kind", ["redis7", "valkey", "redis6.2"])

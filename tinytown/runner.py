@@ -289,7 +289,9 @@ class Runner:
                     raise
                 log.warning("%s: %s; retrying in %.1f s", self.name, error, delay)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                # at most 2 s apart: a failover of the town's primary takes a few seconds, and
+                # a longer wait would be idle time after the new primary serves the town
+                delay = min(delay * 2, 2.0)
 
     async def _watch_events(self, after: str) -> None:
         """Wake the idle loop when this agent is paused, resumed or removed."""

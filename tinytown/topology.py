@@ -153,6 +153,9 @@ def sentinel_client(url: str, client_options: dict[str, Any]) -> SentinelRedis:
         sentinel_kwargs={
             "socket_timeout": client_options["socket_timeout"],
             "socket_connect_timeout": client_options["socket_connect_timeout"],
+            # our bounded retry, not redis-py's default (a refused TLS handshake was retried
+            # for 25 s before the error came)
+            "retry": client_options["retry"],
             "decode_responses": True, **tls, **parsed.sentinel_options,
         },
     )
