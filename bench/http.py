@@ -101,10 +101,17 @@ async def timed_calls(call: Callable[[], Awaitable[object]], n: int, warmup: int
     return samples
 
 
-async def bench_calls(echo_url: str, town_url: str, token: str, n: int) -> tuple[list[float], list[float]]:
-    """Alternate blocks of echo and send_message calls so both see the same machine load."""
+async def bench_calls(
+    echo_url: str, town_url: str, token: str, n: int, cpu: dict[str, float], pids: dict[str, int]
+) -> tuple[list[float], list[float], list[float]]:
+    """Alternate blocks of echo and send_message calls so both see the same machine load;
+    then echo calls each after ``HOP_GAP_S`` of idleness (the hop's like-for-like floor:
+    before each hop every process is idle, and waking one costs time of its own).  ``cpu``
+    gets each server's CPU seconds per call (``pids``: "echo" and "town"), a figure the
+    machine's load does not inflate the way it does wall time."""
     echo_s: list[float] = []
     send_s: list[float] = []
+    idle_echo_s: list[float] = []
     async with session(echo_url) as echo, session(town_url, token) as town:
 
         async def one_echo() -> object:
@@ -117,10 +124,21 @@ async def bench_calls(echo_url: str, town_url: str, token: str, n: int) -> tuple
             assert not result.is_error, result.content
             return result
 
+        await timed_calls(one_echo, 0, warmup=20)
+        await timed_calls(one_send, 0, warmup=20)
         for _ in range(10):
-            echo_s += await timed_calls(one_echo, n // 10)
-            send_s += await timed_calls(one_send, n // 10)
-    return echo_s, send_s
+            before = process_cpu_s(pids["echo"])
+            echo_s += await timed_calls(one_echo, n // 10, warmup=0)
+            cpu["echo"] = cpu.get("echo", 0.0) + (process_cpu_s(pids["echo"]) - before) / n
+            before = process_cpu_s(pids["town"])
+            send_s += await timed_calls(one_send, n // 10, warmup=0)
+            cpu["town"] = cpu.get("town", 0.0) + (process_cpu_s(pids["town"]) - before) / n
+        for _ in range(max(50, n // 3)):
+            await anyio.sleep(HOP_GAP_S)
+            start = time.perf_counter()
+            await one_echo()
+            idle_echo_s.append(time.perf_counter() - start)
+    return echo_s, send_s, idle_echo_s
 
 
 async def hop_receiver(url: str, token: str) -> None:
@@ -219,6 +237,12 @@ def line(label: str, samples: list[float], floor: list[float] | None = None) -> 
     return text
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_tt_serve(root: Path) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TINYTOWN_AGENT", "TINYTOWN_TOWN")}
     proc = subprocess.Popen([TT, "--town", str(root), "serve", "--port", "0"], env=env,
@@ -263,9 +287,14 @@ async def main(calls: int, hops: int, agents: int) -> None:
             await wait_for_http(echo_url)
             async with session(town_url, tokens["sink"]):
                 pass  # attach the recipient
-            echo_calls, send_calls = await bench_calls(echo_url, town_url, tokens["sender"], calls)
+            cpu: dict[str, float] = {}
+            echo_calls, send_calls, idle_echo = await bench_calls(
+                echo_url, town_url, tokens["sender"], calls, cpu, {"echo": echo.pid, "town": serve.pid}
+            )
             hop_samples = await bench_hops(town_url, tokens["hop-a"], tokens["hop-b"], hops)
+            cpu_before = process_cpu_s(serve.pid)
             crowd = await bench_crowd(town_url, {n: t for n, t in tokens.items() if n.startswith("crowd")})
+            crowd["server_cpu_s"] = process_cpu_s(serve.pid) - cpu_before
         finally:
             if serve is not None:
                 serve.terminate()
@@ -278,11 +307,17 @@ async def main(calls: int, hops: int, agents: int) -> None:
     print("call: one tools/call round trip over HTTP")
     print(line("echo tool (bare MCPServer, HTTP)", echo_calls))
     print(line("send_message (tt serve)", send_calls, echo_calls) + "   goal <= 1.5x")
+    print(line(f"echo tool after {HOP_GAP_S * 1000:g} ms idle", idle_echo, echo_calls))
+    print(f"  server CPU per call: echo {cpu['echo'] * 1000:.2f} ms, tt serve {cpu['town'] * 1000:.2f} ms, "
+          f"ratio {cpu['town'] / cpu['echo']:.2f}x")
     print("hop: A's send_message starts -> B's blocked receive returns (both over HTTP)")
     print(line("send_message -> receive", hop_samples, echo_calls) + "   goal <= 2.5x echo")
+    print(line("  the same, against the idle echo", hop_samples, idle_echo))
     print(f"{agents} agents on one tt serve: each waits in receive, then all send around a ring at once")
     print(line("connect + first receive, per agent", crowd["connect_s"]))
-    print(f"  all {agents} connected in {crowd['all_connected_s']:.2f} s")
+    cpu_s = crowd["server_cpu_s"]
+    print(f"  all {agents} connected in {crowd['all_connected_s']:.2f} s; tt serve used "
+          f"{cpu_s:.2f} CPU s for all of it ({cpu_s / agents * 1000:.0f} ms per agent)")
     print(line("hop under that load", crowd["hops"], echo_calls))
     print(f"  messages received: {crowd['received']} of {agents}; each exactly once: {crowd['exactly_once']}")
 
