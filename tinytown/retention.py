@@ -137,6 +137,8 @@ class Retention:
             # on a cluster: the node serving the town's slot
             for key in await scan_town(town.redis, town.keys.seq, town.keys.match_all, SCAN_COUNT):
                 name = str(key)
+                if name == town.keys.stats_snapshot:
+                    continue  # the measurement's own record
                 kind = kind_of(name.removeprefix(prefix))
                 counts[kind] += 1
                 if sample == 0 or len(picked[kind]) < sample:

@@ -51,6 +51,10 @@ def stats(
         lines.append(f"server used_memory: {_bytes(result.used_memory)} (every town and key on it)")
     if result.growth_since is None:
         lines.append("growth: measured from the next `tt stats` on (a snapshot was stored now)")
+    else:
+        age = max(0, result.now - result.growth_since) // 1000
+        lines.append(f"growth: per day, extrapolated from the change over the last {age} s "
+                     "(the snapshot is renewed hourly)")
     show(lines)
 
 
