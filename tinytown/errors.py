@@ -15,6 +15,7 @@ library: :func:`wrap_redis_errors` turns it into :class:`Unavailable`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -90,6 +91,14 @@ def translate_redis_error(exc: redis.exceptions.RedisError) -> TinytownError:
         if text.split(":", 1)[0].strip() in (*ERRORS_BY_CODE, "retry"):
             return error_from_reply(text)
         return Unavailable(f"Redis refused the command: {text}")
+    if type(exc).__name__ == "MasterNotFoundError":  # redis-py's Sentinel: a long repr per Sentinel
+        text = str(exc)
+        service = text.partition(" : ")[0].removeprefix("No master found for ")
+        tried = [f"{h}:{p}" for h, p in re.findall(r"host=([^,]+),port=(\d+)", text)]
+        why = re.findall(r"\)> - ([^,<]+)", text)
+        detail = "; ".join(f"{t}: {w.strip()}" for t, w in zip(tried, why, strict=False)) or (
+            "the Sentinels answered, but none names a primary that is up")
+        return Unavailable(f"no Sentinel names a reachable primary of {service} ({detail})")
     return Unavailable(f"cannot reach Redis ({type(exc).__name__}: {exc}); is it running?")
 
 
