@@ -22,6 +22,7 @@ from http_support import connect_http, http_client, new_token, probe, serving, s
 from mcp.shared.exceptions import MCPError
 from mcp_support import ok
 from redis.asyncio import Redis
+from runner_support import open_spawn_town
 from test_mcp_interop import INTEROP, typescript_sdk
 
 from tinytown.mcp_config import http_client_config
@@ -359,3 +360,24 @@ async def test_an_idle_event_stream_gets_a_keepalive_ping_every_keepalive_interv
                             break
         assert pings[-1] - pings[0] < 10  # about one a second, not Claude Code's 300 s limit
         assert stop_serve(served) == 0
+
+
+async def test_a_session_under_the_name_of_an_agent_whose_runner_lives_is_refused_with_409(
+    tt_env: dict[str, str]
+) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("rex", cli="echo")
+        before = await town.get_agent("rex")
+        token = new_token(tt_env, "rex")
+        with serving(tt_env) as served:
+            async with http_client(token) as http:
+                initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"}}}
+                reply = await http.post(served.url, json=initialize,
+                                        headers={"Accept": "application/json, text/event-stream"})
+            assert reply.status_code == 409
+            assert reply.json()["error"]["message"].startswith("conflict: agent rex is run by its runner")
+            assert stop_serve(served) == 0
+        rex = await town.get_agent("rex")
+        assert rex.session == before.session and town.runner_pid(rex)
