@@ -162,7 +162,7 @@ BAD_URLS = {
     "unix:///tmp/x.sock?colour=blue": "unknown query parameter 'colour'",
     "redis://localhost/0?db=x": "Invalid value for 'db'",
     "unix://": "names no socket path",
-    "http://localhost:6379": "must be a redis://, rediss:// or unix:// URL",
+    "http://localhost:6379": "must be a redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://",
 }
 
 
