@@ -4,6 +4,8 @@ live runners, and the URL checks that go with several machines."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +161,25 @@ def test_an_unreachable_external_redis_is_not_answered_with_tt_up(tmp_path: Path
     assert done.returncode == 1
     assert done.stderr.startswith("tt: unavailable: cannot reach Redis (")
     assert "tt up" not in done.stderr
+
+
+def test_a_runner_whose_server_vanishes_without_an_order_gives_up_after_stale_after_s(
+    tmp_path: Path,
+) -> None:
+    env = clean_env()
+    env["TINYTOWN_TOWN"] = str(tmp_path)
+    assert tt(env, "init", "--name", "gone").returncode == 0
+    with (tmp_path / "tinytown.toml").open("a") as config:
+        config.write("stale_after_s = 3\n")
+    write_gated_presets(tmp_path)
+    try:
+        server = tt_json(env, "up")["pid"]
+        runner = tt_json(env, "spawn", "otto", "--cli", "gated")
+        os.kill(server, signal.SIGKILL)  # the server goes, and nobody ordered the runner to stop
+        assert wait_exit(runner["pid"], 60)
+        log = (tmp_path / ".tt" / "logs" / "otto.runner.log").read_text()
+        assert "otto: giving up: Redis has been unreachable for 3 s" in log
+        assert "ExceptionGroup" not in log and "Traceback" not in log
+    finally:
+        kill_leftover_runners(tmp_path)
+        tt(env, "down", "--all", "--now")

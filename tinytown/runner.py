@@ -97,7 +97,6 @@ HEARTBEAT_EVERY_S = 5.0
 BATCH = 10
 TAIL_BYTES = 2048
 HANDLED_MEMORY = 1000
-REDIS_OUTAGE_S = 120.0
 
 
 @dataclass
@@ -276,16 +275,18 @@ class Runner:
                 self.request_stop(f"signal {name}")
 
     async def _outlast(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run ``step`` again while Redis is unavailable, for at most :data:`REDIS_OUTAGE_S`
-        without any success (a restarted Redis should not kill every runner)."""
+        """Run ``step`` again while Redis is unavailable, for at most ``stale_after_s`` without
+        any success (a restarted Redis should not kill every runner; one gone for longer has
+        had this runner counted dead by every other machine, which may reclaim its work)."""
         delay = 0.5
         while True:
             try:
                 return await step(*args)
             except Unavailable as error:
-                if time.monotonic() - self._last_ok > REDIS_OUTAGE_S:
-                    log.error("%s: giving up: Redis has been unreachable for %.0f s (%s)",
-                              self.name, REDIS_OUTAGE_S, error)
+                outage_s = self.town.config.stale_after_s
+                if time.monotonic() - self._last_ok > outage_s:
+                    log.error("%s: giving up: Redis has been unreachable for %g s (%s)",
+                              self.name, outage_s, error)
                     raise
                 log.warning("%s: %s; retrying in %.1f s", self.name, error, delay)
                 await anyio.sleep(delay)
@@ -687,6 +688,7 @@ class Runner:
             await anyio.sleep(self.heartbeat_every_s)
             try:
                 await self.town.heartbeat(self.name)
+                self._last_ok = time.monotonic()
             except TinytownError as error:
                 log.warning("heartbeat of %s failed: %s", self.name, error)
 
