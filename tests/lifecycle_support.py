@@ -49,10 +49,18 @@ def tt_json(env: dict[str, str], *args: str, cwd: Path | None = None) -> Any:
 
 
 def tt_started(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """A running ``tt`` that Ctrl-C (SIGINT) reaches as it would in a terminal, even when the
+    test runner was started in the background (which leaves SIGINT ignored, inherited)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tinytown.cli.main", *args],
+        [sys.executable, "-c", INTERRUPTIBLE_TT, *args],
         env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+
+
+INTERRUPTIBLE_TT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'tt'; runpy.run_module('tinytown.cli.main', run_name='__main__', alter_sys=True)"
+)
 
 
 def read_line(stream: IO[bytes] | None, timeout_s: float = 60.0) -> str:

@@ -64,6 +64,25 @@ def test_tt_kill_waits_visibly_for_the_round_and_says_it_stopped_after_it(
     assert tt_json(env, "list")["agents"][1]["state"] == "stopped"
 
 
+def test_ctrl_c_on_tt_kill_stops_only_the_wait_and_the_runner_still_stops_after_its_round(
+    gated_env: dict[str, str],
+) -> None:
+    env, root = gated_env, Path(gated_env["TINYTOWN_TOWN"])
+    carol = tt_json(env, "spawn", "carol", "--cli", "gated")
+    number = in_round(env, "carol", "finish it anyway")
+    kill = tt_started(env, "kill", "carol")
+    assert read_line(kill.stderr).startswith("waiting for carol's round 1 to finish")
+    kill.send_signal(signal.SIGINT)
+    code, _out, err = finished(kill)
+    assert (code, err.strip()) == (
+        130, "tt: stopped waiting; carol keeps the order and stops after its round")
+    assert pid_alive(carol["pid"])
+    open_gate(root, "carol")
+    assert wait_exit(carol["pid"], 60)
+    assert tt_json(env, "task", "show", f"#{number}")["state"] == "completed"
+    assert tt_json(env, "list")["agents"][1]["state"] == "stopped"
+
+
 def test_tt_kill_now_cuts_the_round_off_and_says_which_task_went_back(gated_env: dict[str, str]) -> None:
     env = gated_env
     tt_json(env, "spawn", "carol", "--cli", "gated")

@@ -277,11 +277,13 @@ class Orders:
         deadline = None if timeout_s is None else started + timeout_s
         told = False
         while True:
-            current = await self.current(agent)
             try:
                 fresh = await self.town.get_agent(agent.name)
             except NotFound:
                 return StopOutcome(agent=agent, outcome="not_running", host=agent.host)
+            # read after the agent: a runner records ``done`` before it leaves the agent
+            # stopped, so a stopped agent read here comes with its order's outcome
+            current = await self.current(agent)
             if current is not None and current.id == order.id and current.done is not None:
                 return await self._carried_out(fresh, current)
             if not await self.runner_alive(fresh):

@@ -93,6 +93,21 @@ def show_outcomes(outcomes: "list[StopOutcome]", json_out: bool) -> None:
         say(outcome.sentence())
 
 
+def stop_waiting_on_ctrl_c(what: str) -> None:
+    """Ctrl-C during a lifecycle wait ends the wait at once, whatever the wait is doing (an
+    order stands in Redis, so nothing needs cleaning up): one line, exit 130."""
+    import os
+    import signal
+
+    def stop_waiting(_signum: int, _frame: object) -> None:
+        sys.stderr.write(f"tt: stopped waiting; {what}\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, stop_waiting)
+
+
 def interrupted_wait(what: str) -> "typer.Exit":
     sys.stderr.write(f"tt: stopped waiting; {what}\n")
     return typer.Exit(130)
@@ -120,6 +135,7 @@ def kill(
 ) -> None:
     """Stop an agent's runner after its current round (--now: cut the round off), wherever it
     runs; waits and says what happened. The agent is left stopped."""
+    stop_waiting_on_ctrl_c(f"{name} keeps the order and stops after its round")
     try:
         outcome = run(ctx, lambda town: town.stop_agent(
             name, by=identity(sender), now=now, timeout_s=timeout, on_wait=show_wait))
@@ -141,6 +157,7 @@ def restart(
     json_out: JsonOption = False,
 ) -> None:
     """Restart an agent's runner after its round (on the machine it runs on; a dead one here)."""
+    stop_waiting_on_ctrl_c(f"{name} keeps the order and restarts after its round")
     try:
         agent = run(ctx, lambda town: town.restart_agent(
             name, by=identity(sender), timeout_s=timeout, on_wait=show_wait))

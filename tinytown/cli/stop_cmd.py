@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 import typer
 
 from tinytown.cli.app import JsonOption, app, fail, run
-from tinytown.cli.lifecycle import NowOption, TimeoutOption, interrupted_wait, show_outcomes, show_wait
+from tinytown.cli.lifecycle import (
+    NowOption,
+    TimeoutOption,
+    interrupted_wait,
+    show_outcomes,
+    show_wait,
+    stop_waiting_on_ctrl_c,
+)
 
 if TYPE_CHECKING:
     from tinytown.models import Agent
@@ -29,6 +36,7 @@ def stop(
 ) -> None:
     """Stop every agent's runner after its current round (--now: cut the rounds off; their
     tasks go back to the backlog). Waits for them and says what happened to each."""
+    stop_waiting_on_ctrl_c("the runners keep their orders and stop after their rounds")
     try:
         outcomes = run(ctx, lambda town: town.stop_all(now=now, timeout_s=timeout, on_wait=show_wait))
     except KeyboardInterrupt:
