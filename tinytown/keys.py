@@ -16,7 +16,9 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
     tt:{town}:round:<id>              string the credential of the agent's current runner round
     tt:{town}:inflight:<id>           zset   message id -> delivered-at ms (received, not acked)
     tt:{town}:inflight_due            zset   "<agent id>|<msg id>" -> redeliver-at ms (town-wide)
-    tt:{town}:msg:<id>                hash   Message record (+ internal "attempt")
+    tt:{town}:msg:<id>                string Message record, one JSON object without its id
+                                             (+ internal "attempt", "batch", "thread"); a
+                                             town written before schema 2 may hold hashes
     tt:{town}:task:<id>               hash   Task record (+ internal "msg_id": the task message of
                                              this attempt, "held_by": the session that took it)
                                              Dependencies (tinytown.dependencies), JSON lists
