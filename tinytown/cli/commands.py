@@ -716,8 +716,8 @@ def backlog_add(
     tags: TagOption = None,
     priority: PriorityOption = "normal",
     file: Annotated[str | None, typer.Option("--file", "-f", help=(
-        "Add every task of FILE ('-': stdin): one description a line, or JSON lines "
-        '{"description": ..., "tags": [...], "priority": ...}.'))] = None,
+        "Add every task of FILE ('-': stdin): one description a line, or JSON lines, "
+        "each an object with description and optional tags (a list) and priority."))] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Put a task in the backlog for any agent to claim (or many, with --file)."""
