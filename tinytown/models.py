@@ -355,3 +355,15 @@ def valid_id(value: str) -> bool:
     """Whether ``value`` has the shape of an id (letters, digits, '_', '-', '.'; no path or
     key syntax such as '/', '..', ':', '{', '*', whitespace)."""
     return isinstance(value, str) and bool(ID_RE.match(value)) and ".." not in value
+
+
+def public_json(value: Any) -> Any:
+    """Models (nested in lists and dicts) as their public JSON: agents by name, a message's
+    sender as ``from``.  What every face prints or sends."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, list | tuple):
+        return [public_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: public_json(v) for k, v in value.items()}
+    return value

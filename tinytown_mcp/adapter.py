@@ -22,10 +22,10 @@ from typing import Any
 
 from mcp.server.mcpserver import Context
 from mcp_types import CallToolResult, TextContent
-from pydantic import BaseModel
 
 from tinytown.errors import TinytownError
 from tinytown.masking import scrub
+from tinytown.models import public_json
 from tinytown.push import PushFeed
 from tinytown.town import Town
 
@@ -93,15 +93,7 @@ ToolContext = Context[Session, Any]
 Call = Callable[[Session], Awaitable[dict[str, Any]]]
 
 
-def jsonable(value: Any) -> Any:
-    """Models as their public JSON (a message's sender is ``from``)."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True)
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    return value
+jsonable = public_json  # one definition for every face: tinytown.models
 
 
 def success(payload: dict[str, Any]) -> CallToolResult:

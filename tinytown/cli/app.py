@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import BaseModel
 
 from tinytown.errors import TinytownError, Unavailable
+from tinytown.models import public_json
 
 if TYPE_CHECKING:
     from tinytown.town import Town
@@ -120,14 +120,7 @@ def run_plain(fn: Callable[[], T]) -> T:
         fail(error)
 
 
-def to_jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True)
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    return value
+to_jsonable = public_json  # one definition for every face: tinytown.models
 
 
 def print_json(value: Any) -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from tinytown.conversation import HistoryEntry, HistoryFilter
-from tinytown.models import CONDUCTOR, TaskState
+from tinytown.models import CONDUCTOR, TaskState, public_json
 from tinytown.roundlog import choose_round, read_chunk
 
 if TYPE_CHECKING:
@@ -22,15 +20,7 @@ BOARD_PER_STATE = 50
 FEED_COUNT = 200
 
 
-def jsonable(value: Any) -> Any:
-    """Models as their public JSON (agents by name, ``from`` for a message's sender)."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True)
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    return value
+jsonable = public_json  # one definition for every face: tinytown.models
 
 
 async def state(town: Town, per_state: int = BOARD_PER_STATE) -> dict[str, Any]:
