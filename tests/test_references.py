@@ -74,6 +74,38 @@ async def test_ambiguous_prefix_is_invalid_and_names_the_candidates(real_town: T
 
 @pytest.mark.real_redis
 @pytest.mark.anyio
+async def test_bare_digits_that_are_a_number_and_the_start_of_another_id_are_ambiguous(
+    real_town: Town,
+) -> None:
+    """Ids are hex, so ``0123`` may be task #123 and the start of another task's id; such a
+    reference is refused, naming both, rather than silently taken as the number."""
+    by_number: dict[int, str] = {}
+    by_digits: dict[int, str] = {}  # int(first 4 characters) -> id, for ids starting with 4 digits
+    found: tuple[str, str] | None = None  # (numbered id, id starting with that number's digits)
+    for i in range(4000):  # ~360 expected (birthday bound over 4-hex-digit prefixes)
+        task = await real_town.assign(f"filler {i}")
+        assert task.number is not None
+        by_number[task.number] = task.id
+        if task.id[:4].isdigit():
+            by_digits.setdefault(int(task.id[:4]), task.id)
+        for number in (task.number, int(task.id[:4]) if task.id[:4].isdigit() else 0):
+            if by_number.get(number) not in (None, by_digits.get(number)) and number in by_digits:
+                found = (by_number[number], by_digits[number])
+                break
+        if found:
+            break
+    assert found, "no task id began with the 4 digits of another task's number in 4000 tasks"
+    numbered, prefixed = found
+    reference = prefixed[:4]
+    with pytest.raises(Invalid) as refused_:
+        await real_town.get_task(reference)
+    assert numbered in str(refused_.value) and prefixed in str(refused_.value), refused_.value
+    assert await real_town.resolve_task("#" + reference) == numbered
+    assert await real_town.resolve_task(prefixed) == prefixed
+
+
+@pytest.mark.real_redis
+@pytest.mark.anyio
 async def test_concurrent_creators_get_distinct_consecutive_numbers(
     redis_socket: str, town_name: str
 ) -> None:

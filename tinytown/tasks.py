@@ -109,9 +109,9 @@ class TaskOps:
 
     async def resolve_task(self, ref: str) -> str:
         """The id of the task ``ref`` names: ``#N`` or ``N`` (its per-town number, one hash
-        lookup), its id, or a unique prefix of the id (at least 4 characters).  A number of
-        4+ digits that no task has is tried as an id prefix.  Every face passes what the
-        user typed through here (the Town methods that take a task call it), so each
+        lookup), its id, or a unique prefix of the id (at least 4 characters).  Bare 4+ digits
+        are also tried as an id prefix (ambiguous when they are both).  Every face passes what
+        the user typed through here (the Town methods that take a task call it), so each
         accepts every form.  A full id is returned as is, without a round trip.
 
         Raises:
@@ -122,12 +122,14 @@ class TaskOps:
         if _UUID_RE.match(text):
             return text
         digits = text.removeprefix("#")
+        numbered: str | None = None
         if digits.isascii() and digits.isdigit():
             async with wrap_redis_errors():
                 found = await self.redis.hget(self.keys.task_numbers, str(int(digits)))
-            if found is not None:
-                return str(found)
+            numbered = None if found is None else str(found)
             if text.startswith("#") or len(digits) < MIN_PREFIX:
+                if numbered is not None:
+                    return numbered
                 raise NotFound(f"no task #{int(digits)}; `list_tasks` / `tt tasks` show the tasks")
         if len(text) < MIN_PREFIX or not _PREFIX_RE.match(text):
             raise NotFound(
@@ -138,6 +140,12 @@ class TaskOps:
             async for member, _score in self.redis.zscan_iter(self.keys.tasks, match=text + "*",
                                                                count=1000):
                 matches.append(str(member))
+        if numbered is not None:
+            # 4+ bare digits are both a number and an id prefix (ids are hex): ambiguous only
+            # when some other task's id starts with them
+            if not [m for m in matches if m != numbered]:
+                return numbered
+            matches = [numbered, *(m for m in matches if m != numbered)]
         if not matches:
             raise NotFound(f"no task id starts with {text!r}; `list_tasks` / `tt tasks` show the tasks")
         if len(matches) > 1:
