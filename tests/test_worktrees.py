@@ -30,6 +30,16 @@ EDITOR = (
     "    open(name, 'a').write(text + '\\n')\n"
     "print('edited in', os.getcwd())\n"
 )
+GIT_DIR = (  # what {git_common_dir} said, and whether git in the worktree agrees
+    "import os, subprocess, sys\n"
+    "sys.stdin.read()\n"
+    "told = sys.argv[1]\n"
+    "found = subprocess.run(['git', 'rev-parse', '--git-common-dir'], capture_output=True, text=True,\n"
+    "                       check=True).stdout.strip()\n"
+    "same = os.path.isdir(told) and os.path.samefile(told, os.path.abspath(found))\n"
+    "print('git dir', told, 'same' if same else 'but git says ' + found)\n"
+    "sys.exit(0 if same else 1)\n"
+)
 PARTIAL = (
     "import os, sys, time\n"
     "sys.stdin.read(); open('partial.txt', 'w').write('half done\\n')\n"
@@ -42,9 +52,10 @@ def git(root: Path, *args: str) -> str:
                           timeout=60).stdout  # fmt: skip
 
 
-def make_repository(root: Path) -> None:
-    """The town directory as a git repository with one commit (and .tt/ ignored)."""
-    git(root, "init", "-q", "-b", "main")
+def make_repository(root: Path, git_dir: Path | None = None) -> None:
+    """The town directory as a git repository with one commit (and .tt/ ignored); its git
+    directory ``git_dir`` (``git init --separate-git-dir``) when given."""
+    git(root, "init", "-q", "-b", "main", *(["--separate-git-dir", str(git_dir)] if git_dir else []))
     git(root, "config", "user.email", "dev@example.com")
     git(root, "config", "user.name", "Dev")
     (root / ".gitignore").write_text(".tt/\ntinytown.toml\n")  # the tests' presets are added to it
@@ -52,9 +63,11 @@ def make_repository(root: Path) -> None:
     git(root, "add", "-A")
     git(root, "commit", "-qm", "first")
     toml = root / "tinytown.toml"
-    toml.write_text(toml.read_text() + "\n[agent_clis.editor]\ncommand = " + json.dumps([PY, "-c", EDITOR])
-                    + "\nreports = false\n[agent_clis.partial]\ncommand = " + json.dumps([PY, "-c", PARTIAL])
-                    + "\n")  # fmt: skip
+    presets = {"editor": [PY, "-c", EDITOR], "gitdir": [PY, "-c", GIT_DIR, "{git_common_dir}"]}
+    toml.write_text(toml.read_text() + "".join(
+        f"\n[agent_clis.{name}]\ncommand = {json.dumps(command)}\nreports = false\n"
+        for name, command in presets.items()
+    ) + f"\n[agent_clis.partial]\ncommand = {json.dumps([PY, '-c', PARTIAL])}\n")
 
 
 def tt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -212,3 +225,72 @@ def test_worktrees_and_their_branches_survive_tt_down_and_up(tmp_path: Path) -> 
         assert review.returncode == 0 and "tt/hal/1" in review.stdout, review.stderr
     finally:
         tt(env, "down", "--all")
+
+
+def test_a_town_in_a_subfolder_of_a_repository_spawns_a_worktree_agent_whose_change_merges(
+    tt_env: dict[str, str],
+) -> None:
+    """The town is ``repo/app`` (a monorepo's folder): the worktree is of the whole
+    repository, the round works in the worktree's ``app`` (what the town folder is there),
+    and ``tt merge`` lands the change in the town folder of the checkout."""
+    from runner_support import kill_leftover_runners
+
+    repo = Path(tt_env["TINYTOWN_TOWN"])
+    make_repository(repo)
+    root = repo / "app"
+    root.mkdir()
+    (repo / "tinytown.toml").rename(root / "tinytown.toml")  # the town is the folder
+    (root / "notes.txt").write_text("app notes\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "the app folder")
+    env = {**tt_env, "TINYTOWN_TOWN": str(root)}
+    try:
+        spawned = tt(env, "spawn", "ivy", "--cli", "scripted", "--worktree", "--max-rounds", "1")
+        assert spawned.returncode == 0, spawned.stderr
+        assert (root / ".tt" / "worktrees" / "ivy" / ".git").exists()
+        assert tt(env, "assign", "ivy", "write notes.txt: from ivy").returncode == 0
+        waited = tt(env, "wait", "ivy", "--timeout", "110")  # its one round, then it stops
+        logs = "\n".join(p.read_text(errors="replace")[-3000:]
+                         for p in sorted((root / ".tt" / "logs").glob("ivy*")))
+        assert waited.returncode == 0, waited.stdout + waited.stderr + logs
+        task = json.loads(tt(env, "task", "show", "#1", "--json").stdout)
+        assert task["state"] == "completed" and task["branch"] == "tt/ivy/1", task
+        assert task["base"] == git(repo, "rev-parse", "main").strip()
+        assert task["diffstat"] == {"files": 1, "insertions": 1, "deletions": 0}, (task, logs)
+        assert git(repo, "show", "tt/ivy/1:app/notes.txt") == "app notes\nfrom ivy\n"
+        assert (root / "notes.txt").read_text() == "app notes\n"  # the checkout is untouched
+
+        review = tt(env, "review", "#1")
+        assert review.returncode == 0, review.stderr
+        assert "app/notes.txt | 1 +" in review.stdout, review.stdout
+        merged = tt(env, "merge", "#1")
+        assert merged.returncode == 0, merged.stderr
+        assert (root / "notes.txt").read_text() == "app notes\nfrom ivy\n"
+        assert not (repo / "notes.txt").read_text().endswith("from ivy\n")
+        assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+        shown = json.loads(tt(env, "task", "show", "#1", "--json").stdout)
+        assert (shown["merged_by"], shown["merged_into"]) == ("conductor", "main"), shown
+        assert shown["merge_commit"] == git(repo, "rev-parse", "HEAD").strip()
+    finally:
+        kill_leftover_runners(root)
+
+
+async def test_a_round_in_a_subfolder_towns_worktree_is_given_the_repositorys_separate_git_dir(
+    tt_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``{git_common_dir}`` (what the codex preset lets its sandbox write, to commit) is the
+    directory git itself uses from the agent's worktree: here neither ``app/.git`` nor
+    ``repo/.git`` (a file), but the separate git dir the repository was made with."""
+    repo = Path(tt_env["TINYTOWN_TOWN"])
+    store = tmp_path_factory.mktemp("store") / "repo.git"
+    make_repository(repo, git_dir=store)
+    root = repo / "app"
+    root.mkdir()
+    (repo / "tinytown.toml").rename(root / "tinytown.toml")
+    async with open_spawn_town({**tt_env, "TINYTOWN_TOWN": str(root)}) as town:
+        await town.spawn_agent("jo", cli="gitdir", worktree=True)
+        after = await town.channel.last_event_id()
+        task = await town.assign("where is git?", agent="jo")
+        done = await task_settled(town, task.id, after, timeout_s=90)
+        assert done.state == TaskState.COMPLETED, (done.error, done.result)
+        assert f"git dir {store.resolve()} same" in (done.result or ""), done.result

@@ -7,6 +7,9 @@ brace anywhere else is left alone):
     {prompt}        the round's prompt text          {prompt_file}  a file holding it
     {mcp_config}    the generated ``.mcp.json``      {agent}        the agent's name
     {town}          the town directory               {python}       this Python interpreter
+    {git_common_dir}  the git directory of the town's repository, shared by its worktrees
+                    (``git rev-parse --git-common-dir`` from the town, absolute; ``{town}/.git``
+                    when the town is in no repository)
     {gemini_home}   a private Gemini CLI home for the agent (see :func:`gemini_home`)
     {round_credential}  the round's ``TINYTOWN_ROUND`` credential (see :mod:`tinytown.runner`)
 
@@ -25,7 +28,7 @@ Built-ins (checked against each tool's non-interactive mode):
   without prompts (headless Claude Code denies whatever would prompt; it refuses
   ``bypassPermissions`` as root).  Environment: :data:`CLAUDE_CODE_ENV`.
 * ``codex``   ``codex exec --sandbox workspace-write --skip-git-repo-check --add-dir
-  {town}/.git -c sandbox_workspace_write.network_access=true -c approval_policy="never"
+  {git_common_dir} -c sandbox_workspace_write.network_access=true -c approval_policy="never"
   {codex_mcp_overrides} -``.  Codex has no ``--mcp-config``; it reads MCP servers from
   ``config.toml``, and ``-c key=value`` (values in TOML) overrides that file for one run:
   ``{codex_mcp_overrides}`` expands to the ``tinytown`` server bound to the agent
@@ -33,8 +36,10 @@ Built-ins (checked against each tool's non-interactive mode):
   carries, and ``required``/``startup_timeout_sec``/``tool_timeout_sec`` from
   :data:`tinytown.mcp_config.CODEX_SERVER_SETTINGS`).  The MCP server runs outside Codex's
   sandbox; shell commands run inside it, where ``workspace-write`` lets them write the town
-  directory and ``/tmp`` only.  ``--add-dir {town}/.git`` lets them commit (Codex keeps
-  ``.git`` read-only otherwise), ``network_access`` lets them reach Redis (``tt`` over the
+  directory and ``/tmp`` only.  ``--add-dir {git_common_dir}`` lets them commit (Codex keeps
+  ``.git`` read-only otherwise; a commit in a worktree writes there too, and it is not
+  ``{town}/.git`` for a town in a repository's subfolder or a separate git dir),
+  ``network_access`` lets them reach Redis (``tt`` over the
   town's unix socket or TCP; the sandbox refuses every socket without it), and
   ``--skip-git-repo-check`` lets a town that is not a git repository run at all.  ``-``
   reads the prompt from stdin.
@@ -88,6 +93,7 @@ PromptMode = Literal["stdin", "arg"]
 
 CODEX_MCP_PLACEHOLDER = "{codex_mcp_overrides}"
 GEMINI_HOME_PLACEHOLDER = "{gemini_home}"
+GIT_DIR_PLACEHOLDER = "{git_common_dir}"
 
 CLAUDE_CODE_ENV = {
     # Headless Claude Code connects MCP servers in the background: without these the first
@@ -198,6 +204,7 @@ def _fill(template: str, inputs: RoundInputs) -> str:
         "{agent}": lambda: inputs.agent,
         "{town}": lambda: str(inputs.town),
         "{python}": lambda: sys.executable,
+        GIT_DIR_PLACEHOLDER: lambda: str(git_dir(inputs.town)),
         GEMINI_HOME_PLACEHOLDER: lambda: str(gemini_home(inputs)),
         "{round_credential}": lambda: str(round_server(inputs).get("env", {}).get(ROUND_ENV, "")),
     }
@@ -205,6 +212,14 @@ def _fill(template: str, inputs: RoundInputs) -> str:
         if key in template:
             template = template.replace(key, value())
     return template
+
+
+def git_dir(town: Path) -> Path:
+    """What ``{git_common_dir}`` stands for: the git common dir of the town's repository
+    (``town/.git`` when there is none, a path that does not exist)."""
+    from tinytown.worktrees import common_git_dir
+
+    return common_git_dir(town) or town / ".git"
 
 
 def round_server(inputs: RoundInputs) -> dict[str, Any]:
@@ -357,7 +372,7 @@ BUILTIN_PRESETS: dict[str, Preset] = {
     "codex": Preset(
         "codex",
         ("codex", "exec", "--sandbox", "workspace-write", "--skip-git-repo-check",
-         "--add-dir", "{town}/.git", "-c", "sandbox_workspace_write.network_access=true",
+         "--add-dir", GIT_DIR_PLACEHOLDER, "-c", "sandbox_workspace_write.network_access=true",
          "-c", 'approval_policy="never"', CODEX_MCP_PLACEHOLDER, "-"),
         prompt="stdin",
         install_hint="npm install -g @openai/codex",

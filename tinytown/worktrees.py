@@ -61,6 +61,25 @@ def git(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = 
     return done.stdout
 
 
+def common_git_dir(where: Path) -> Path | None:
+    """The git directory that ``where``'s repository shares with all its worktrees (objects,
+    refs, each worktree's index): ``git rev-parse --git-common-dir``, made absolute.  It is
+    ``TOP/.git`` only in the plain case: not from a worktree's own ``.git`` file, and not for
+    a repository made with ``--separate-git-dir``.  ``None`` outside a repository (or without
+    git)."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        done = subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=where, capture_output=True,
+                              text=True, timeout=GIT_TIMEOUT_S, check=False)  # fmt: skip
+    except OSError:  # ``where`` is gone
+        return None
+    found = done.stdout.strip()
+    if done.returncode != 0 or not found:
+        return None
+    return (where / found).resolve()  # git answers relative to ``where`` ("." , ".git") or absolute
+
+
 def branch_name(agent: str, number: int) -> str:
     return f"{BRANCH_PREFIX}/{agent}/{number}"
 
@@ -80,6 +99,7 @@ class Worktrees:
     def __init__(self, town: Town) -> None:
         self.town = town
         self._repository: Path | None = None
+        self._prefix = ""  # the town folder inside the repository ("" at its top), e.g. "app/"
 
     # ----------------------------------------------------------------- where
 
@@ -90,25 +110,25 @@ class Worktrees:
             Invalid: the town is not inside a git repository (or has no commit yet).
         """
         if self._repository is None:
-            self._repository = self._find_repository()
+            self._repository, self._prefix = self._find_repository()
         return self._repository
 
-    def _find_repository(self) -> Path:
+    def _find_repository(self) -> tuple[Path, str]:
         root = self.town.root
         if root is None:
             raise Invalid("worktrees need a town directory (tinytown.toml), not only a Redis URL")
         if shutil.which("git") is None:
             raise Invalid("worktrees need git on PATH")
-        done = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True,
-                              text=True, timeout=GIT_TIMEOUT_S, check=False)  # fmt: skip
+        done = subprocess.run(["git", "rev-parse", "--show-toplevel", "--show-prefix"], cwd=root,
+                              capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False)  # fmt: skip
         if done.returncode != 0:
             raise Invalid(f"--worktree needs the town to be in a git repository; {root} is not "
                           "(git init, and commit once)")
-        top = Path(done.stdout.strip())
+        top, _, prefix = done.stdout.partition("\n")
         if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=top, capture_output=True,
                           timeout=GIT_TIMEOUT_S, check=False).returncode != 0:  # fmt: skip
             raise Invalid(f"--worktree needs a first commit in {top} (a branch starts from one)")
-        return top
+        return Path(top), prefix.strip()
 
     def path(self, agent: str) -> Path:
         paths = self.town.paths
@@ -116,11 +136,21 @@ class Worktrees:
             raise Invalid("worktrees need a town directory (tinytown.toml), not only a Redis URL")
         return paths.runtime / "worktrees" / agent
 
+    def workdir(self, agent: str) -> Path:
+        """Where the agent's rounds run: the town's folder in its worktree (the worktree's
+        top when the town is the repository's top; ``app`` in it for a town ``repo/app``)."""
+        self.repository()
+        return self.path(agent) / self._prefix if self._prefix else self.path(agent)
+
     # ----------------------------------------------------------------- agents
 
     async def prepare(self, agent: str) -> Path:
-        """The agent's worktree, made if missing (detached at the checkout's ``HEAD``)."""
-        return await anyio.to_thread.run_sync(self._prepare, agent)
+        """The agent's worktree, made if missing (detached at the checkout's ``HEAD``); the
+        folder its rounds run in (:meth:`workdir`, made if the commit has no such folder)."""
+        await anyio.to_thread.run_sync(self._prepare, agent)
+        workdir = self.workdir(agent)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
 
     def _prepare(self, agent: str) -> Path:
         repo = self.repository()
@@ -171,13 +201,15 @@ class Worktrees:
         where = self._prepare(agent)
         self._commit_leftovers(agent, where)
         branch = task.branch or branch_name(agent, task.number)
+        fields: dict[str, Any] = {"branch": branch}
         if git(where, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip():
             git(where, "checkout", "--quiet", branch)  # a task that comes back goes on where it was
-            return {"branch": branch}
-        start = dependency_branch or git(self.repository(), "rev-parse", "HEAD").strip()
-        base = git(where, "rev-parse", start).strip()
-        git(where, "checkout", "--quiet", "-b", branch, base)
-        return {"branch": branch, "base": base, "head": base}
+        else:
+            start = dependency_branch or git(self.repository(), "rev-parse", "HEAD").strip()
+            fields["base"] = fields["head"] = git(where, "rev-parse", start).strip()
+            git(where, "checkout", "--quiet", "-b", branch, fields["base"])
+        self.workdir(agent).mkdir(parents=True, exist_ok=True)  # that commit may have no such folder
+        return fields
 
     async def finish_round(self, agent: str, task_ids: Sequence[str]) -> list[Task]:
         """Commit what the round left uncommitted on the branch it worked on, and record
