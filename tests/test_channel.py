@@ -469,16 +469,18 @@ async def test_an_overdue_in_flight_message_is_redelivered(town: Town) -> None:
 async def test_an_agent_that_heartbeats_keeps_its_overdue_batch_until_it_falls_silent(
     town: Town,
 ) -> None:
-    quick = _town_like(town, redelivery_after_s=0.15)
+    # The window is long enough that the heartbeat and carol's receive right after it fall
+    # inside it even on a loaded machine (with 0.15 s, a stall between the two redelivered).
+    quick = _town_like(town, redelivery_after_s=1.0)
     await _agents(quick, "bob", "carol")
     await quick.send("conductor", "bob", "long job")
     await quick.receive("bob", timeout_s=0)
 
-    await anyio.sleep(0.2)  # overdue, but bob is still alive and says so
+    await anyio.sleep(1.05)  # overdue, but bob is still alive and says so
     await quick.heartbeat("bob")
     await quick.receive("carol", timeout_s=0)  # any receive runs the redelivery
     kept = await quick.inbox_counts("bob")
-    await anyio.sleep(0.2)  # now bob has been silent for the whole window
+    await anyio.sleep(1.05)  # now bob has been silent for the whole window
     await quick.receive("carol", timeout_s=0)
     back = await quick.inbox_counts("bob")
 
