@@ -381,3 +381,67 @@ def test_the_json_routes_answer_with_the_towns_error_codes(dashboard: Dashboard)
     port = dashboard.url.rstrip("/").rpartition(":")[2]
     done = tt("dashboard", "--port", port, env=dashboard.env)
     assert "cannot listen on 127.0.0.1:" in one_error_line(done, "tt: invalid: ")
+
+
+def test_a_worktree_agents_task_shows_its_branch_and_change_and_then_that_it_was_merged(
+    browser: Browser, valkey_socket: str, tmp_path: Path,
+) -> None:
+    """A scripted agent spawned with ``--worktree`` ends its task on a branch with a diff
+    stat: its card and its detail say so; after ``tt merge`` both show it merged, live."""
+    from runner_support import kill_leftover_runners
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    name = f"t{uuid.uuid4().hex[:12]}"
+    (root / "tinytown.toml").write_text(f'name = "{name}"\n')
+    (root / ".gitignore").write_text(".tt/\ntinytown.toml\n")
+    (root / "notes.txt").write_text("hello\n")
+    for args in (("init", "-q", "-b", "main"), ("config", "user.email", "dev@example.com"),
+                 ("config", "user.name", "Dev"), ("add", "-A"), ("commit", "-qm", "first")):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, timeout=60)
+    env = {**clean_env(), "TINYTOWN_TOWN": str(root), "REDIS_URL": f"unix://{valkey_socket}"}
+    proc = None
+    try:
+        tt_ok("spawn", "ivy", "--cli", "scripted", "--worktree", "--max-rounds", "1", env=env)
+        task = tt_ok("assign", "ivy", "write notes.txt: from ivy", env=env)
+        waited = subprocess.run(  # its one round, then it stops
+            [sys.executable, "-m", "tinytown.cli.main", "wait", "ivy", "--timeout", "110"], env=env,
+            capture_output=True, text=True, timeout=150, check=False)
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        task = tt_ok("task", "show", task["id"], env=env)
+        assert task["state"] == "completed" and task["branch"] == "tt/ivy/1", task
+        assert task["diffstat"] == {"files": 1, "insertions": 1, "deletions": 0}, task
+
+        proc, url, _ = start_dashboard(env)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(url)
+            expect(page.locator("#live")).to_have_text("live")
+            card = page.locator(f"#board .column[data-state=completed] .card[data-task-id='{task['id']}']")
+            expect(card.locator(".change")).to_have_text("tt/ivy/1 · 1 file, +1 -0")
+            card.click()
+            facts = page.locator("#task-facts")
+            expect(facts.locator("dd[data-field=branch]")).to_have_text("tt/ivy/1")
+            expect(facts.locator("dd[data-field=change]")).to_have_text(
+                f"1 file, +1 -0 ({task['base'][:10]}..{task['head'][:10]})")
+            expect(facts.locator("dd[data-field=review]")).to_have_text(
+                f"tt review #{task['number']} · tt merge #{task['number']} · tt discard #{task['number']}")
+            expect(facts.locator("dd[data-field=merged]")).to_have_count(0)
+
+            merged = tt_ok("merge", f"#{task['number']}", env=env)  # the page is told by the event
+            assert merged["merged_into"] == "main", merged
+            commit = merged["merge_commit"][:10]
+            expect(card.locator(".change")).to_have_text("tt/ivy/1 · 1 file, +1 -0 · merged into main")
+            expect(facts.locator("dd[data-field=merged]")).to_have_text(
+                f"by conductor into main ({commit})")
+            expect(facts.locator("dd[data-field=review]")).to_have_count(0)
+            expect(page.locator("#feed .entry[data-type='task.merged']")).to_contain_text(
+                "tt/ivy/1 into main")
+            assert (root / "notes.txt").read_text() == "hello\nfrom ivy\n"
+        finally:
+            context.close()
+    finally:
+        kill_leftover_runners(root)
+        if proc is not None and proc.poll() is None:
+            stop_dashboard(proc)

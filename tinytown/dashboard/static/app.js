@@ -47,6 +47,20 @@ function query(params) {
   return text ? `?${text}` : "";
 }
 
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+function diffstatText(d) { return `${plural(d.files || 0, "file")}, +${d.insertions || 0} -${d.deletions || 0}`; }
+
+// a worktree agent's task: its branch, what changed on it, and what became of it
+function changeNode(t) {
+  if (!t.branch) return "";
+  const parts = [t.branch];
+  if (t.diffstat) parts.push(diffstatText(t.diffstat));
+  if (t.merged_by) parts.push(`merged into ${t.merged_into}`);
+  else if (t.discarded) parts.push("discarded");
+  const spans = parts.flatMap((part, i) => [i ? " · " : "", el("span", {}, part)]);  // a part never breaks
+  return el("div", { class: `change${t.merged_by ? " merged" : ""}${t.discarded ? " discarded" : ""}` }, spans);
+}
+
 function ref(task) { return task && task.number ? `#${task.number}` : (task ? task.id.slice(0, 8) : ""); }
 function refOfId(id) { return page.numbers[id] ? `#${page.numbers[id]}` : (id ? id.slice(0, 8) : ""); }
 function clock(ms) { return new Date(ms).toLocaleTimeString([], { hour12: false }); }
@@ -124,6 +138,7 @@ function renderBoard(state) {
         el("span", { class: "ref" }, ref(t)), t.description.length > 120 ? `${t.description.slice(0, 120)}…` : t.description,
         el("div", { class: "who" }, t.assigned_to ? `→ ${t.assigned_to}` : "backlog", t.tags && t.tags.length ? ` · ${t.tags.join(", ")}` : ""),
         deps ? el("div", { class: "deps" }, deps) : "",
+        changeNode(t),
         outcome ? el("div", { class: "outcome" }, outcome.length > 160 ? `${outcome.slice(0, 160)}…` : outcome) : "");
     });
     return el("div", { class: "column", "data-state": name },
@@ -163,6 +178,7 @@ function entryNode(entry) {
     if (entry.type === "task.created" && entry.task) body = entry.task.description;
     if (entry.type === "task.completed" && entry.task) body = entry.task.result;
     if ((entry.type === "task.failed" || entry.type === "task.cancelled") && entry.task) body = entry.task.error;
+    if (entry.type === "task.merged" && d.branch) body = `${d.branch} into ${d.into}`;
   } else {
     what = `${entry.type}${d.agent ? ` · ${d.agent}` : ""}`;
   }
@@ -239,7 +255,10 @@ async function showTask(id, quiet) {
   try {
     const t = await api(`/api/tasks/${encodeURIComponent(id)}`);
     if (!page.detail || page.detail.id !== id) return;
-    const field = (name, value) => (value === null || value === undefined || value === "" ? [] : [el("dt", {}, name), el("dd", {}, value)]);
+    const field = (name, value) => (value === null || value === undefined || value === ""
+      ? [] : [el("dt", {}, name), el("dd", { "data-field": name.replace(/ /g, "-") }, value)]);
+    const short = (sha) => (sha || "").slice(0, 10);
+    const reviewable = t.branch && !t.merged_by && !t.discarded;
     const facts = el("dl", { id: "task-facts" },
       field("state", el("span", { class: `state state-${t.state}` }, t.state)),
       field("agent", t.assigned_to || "backlog"), field("created by", t.created_by), field("priority", t.priority),
@@ -247,11 +266,12 @@ async function showTask(id, quiet) {
       field("waiting on", t.state === "waiting" ? (t.waiting_on || []).join(" ") : ""),
       field("attempt", t.attempt ? String(t.attempt) : ""), field("description", t.description),
       field("result", t.result), field("error", t.error), field("decided by", t.decided_by),
-      field("branch", t.branch), field("change", t.diffstat
-        ? `${t.diffstat.files} file(s), +${t.diffstat.insertions} -${t.diffstat.deletions} (${(t.base || "").slice(0, 10)}…${(t.head || "").slice(0, 10)})`
-        : ""),
-      field("merged", t.merged_by ? `by ${t.merged_by} into ${t.merged_into}` : ""),
-      field("discarded", t.discarded ? "yes" : ""));
+      field("branch", t.branch),
+      field("change", t.diffstat ? `${diffstatText(t.diffstat)} (${short(t.base)}..${short(t.head)})` : ""),
+      field("merged", t.merged_by
+        ? `by ${t.merged_by} into ${t.merged_into}${t.merge_commit ? ` (${short(t.merge_commit)})` : ""}` : ""),
+      field("discarded", t.discarded ? "yes: its branch was deleted" : ""),
+      field("review", reviewable ? [`tt review ${ref(t)}`, `tt merge ${ref(t)}`, `tt discard ${ref(t)}`].join(" · ") : ""));
     const thread = el("ol", { id: "thread", class: "feed" }, t.thread.map((m) => el("li", { class: "entry", "data-message-id": m.id },
       el("span", { class: "at" }, clock(m.created_at)), el("span", { class: "what" }, `${m.from} → ${m.to}`),
       el("span", { class: "kind" }, `[${m.kind}]`), el("pre", { class: "body" }, m.body))));
