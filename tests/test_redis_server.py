@@ -56,7 +56,7 @@ def make(binary: str, tmp_path: Path) -> Iterator[Callable[..., ManagedRedis]]:
 
 
 def client(managed: ManagedRedis) -> redis.Redis:
-    return redis.Redis(unix_socket_path=managed.connect_path(), socket_timeout=2, decode_responses=True)
+    return redis.Redis(unix_socket_path=managed.connect_path(), socket_timeout=10, decode_responses=True)
 
 
 def wait_for_exit(pid: int) -> None:
@@ -112,7 +112,7 @@ def test_processes_starting_at_once_share_one_server(make: Callable[..., Managed
     code = (
         "import sys, redis; from pathlib import Path; from tinytown.redis_server import ManagedRedis\n"
         "m = ManagedRedis(Path(sys.argv[1])); sys.stdin.read(); started = m.ensure_running()\n"
-        "assert redis.Redis(unix_socket_path=m.connect_path(), socket_timeout=2).ping()\n"
+        "assert redis.Redis(unix_socket_path=m.connect_path(), socket_timeout=10).ping()\n"
         "print(int(started), m.pid())"
     )
     procs = [
