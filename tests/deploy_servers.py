@@ -2,7 +2,8 @@
 
 - :class:`Cluster`: 3 primaries and 3 replicas (``--cluster-enabled yes``, then
   ``redis-cli --cluster create … --cluster-replicas 1``), with a short node timeout so a
-  killed primary is replaced within seconds.
+  killed primary is replaced within seconds; with certificates, nodes that speak only TLS
+  (clients, cluster bus and replication).
 - :class:`SentinelSet`: 1 primary, 2 replicas and 3 Sentinels (``redis-server --sentinel``)
   with a short ``down-after-milliseconds``.
 - :func:`tls_server`: one server on ``--tls-port`` with a CA and a server certificate made
@@ -119,6 +120,9 @@ class Cluster:
 
     binary: str
     folder: Path
+    certs: dict[str, Path] | None = None
+    """With certificates (:func:`make_certificates`) every node speaks only TLS, to clients,
+    on the cluster bus and for replication (``--tls-cluster yes --tls-replication yes``)."""
     nodes: list[Node] = field(default_factory=list)
 
     def start(self) -> Cluster:
@@ -130,12 +134,14 @@ class Cluster:
                     ports.append(port)
             self.nodes = [
                 _start(self.binary, self.folder / f"a{attempt}-{port}", [
-                    "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                    *self._listen(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
                     "--cluster-replica-validity-factor", "0", "--save", "", "--appendonly", "no",
                 ], port)
                 for port in ports
             ]  # fmt: skip
+            for node in self.nodes:
+                node.tls = self.client_tls()
             try:
                 for node in self.nodes:
                     wait_until(f"cluster node {node.port} answers", lambda n=node: _ready(n), 10)
@@ -144,8 +150,9 @@ class Cluster:
                 self.stop()
                 if attempt == 2:
                     raise
+        tls = ["--tls", "--cacert", str(self.certs["ca"])] if self.certs else []
         create = subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+            ["redis-cli", *tls, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
              "--cluster-replicas", "1", "--cluster-yes"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
@@ -154,6 +161,16 @@ class Cluster:
             pytest.fail(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
         wait_until("the cluster is ok with 3 primaries and 3 replicas", self.healthy)
         return self
+
+    def _listen(self, port: int) -> list[str]:
+        if not self.certs:
+            return ["--port", str(port)]
+        return ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-replication", "yes",
+                "--tls-cert-file", str(self.certs["server"]), "--tls-key-file", str(self.certs["server-key"]),
+                "--tls-ca-cert-file", str(self.certs["ca"]), "--tls-auth-clients", "no"]  # fmt: skip
+
+    def client_tls(self) -> dict[str, object]:
+        return {"ssl": True, "ssl_ca_certs": str(self.certs["ca"])} if self.certs else {}
 
     def healthy(self) -> bool:
         """Every live node says ``cluster_state:ok`` and each primary has a connected replica."""
@@ -193,7 +210,11 @@ class Cluster:
         return next(n for n in self.nodes if n.alive())
 
     def url(self, node: Node | None = None) -> str:
-        return f"redis://127.0.0.1:{(node or self.nodes[0]).port}"
+        """A URL naming ``node`` (``rediss://…?ssl_ca_certs=CA`` when the nodes speak TLS)."""
+        port = (node or self.nodes[0]).port
+        if self.certs:
+            return f"rediss://127.0.0.1:{port}?ssl_ca_certs={self.certs['ca']}"
+        return f"redis://127.0.0.1:{port}"
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -316,6 +337,25 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     run("x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]), "-CAkey", str(paths["ca-key"]),
         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(paths["server"]))
     return paths
+
+
+def ca_folder(certs: dict[str, Path]) -> Path:
+    """A folder holding the CA as ``<subject hash>.0``: what ``ssl_ca_path=`` names."""
+    folder = certs["ca"].parent / "ca-folder"
+    folder.mkdir(exist_ok=True)
+    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(certs["ca"])],
+                            check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    shutil.copy(certs["ca"], folder / f"{digest}.0")
+    return folder
+
+
+def encrypted_key(certs: dict[str, Path], passphrase: str) -> Path:
+    """The server's key encrypted with ``passphrase`` (a client key given with ``ssl_password=``)."""
+    path = certs["server-key"].parent / "encrypted-key.pem"
+    subprocess.run(["openssl", "pkey", "-in", str(certs["server-key"]), "-aes256",
+                    "-passout", f"pass:{passphrase}", "-out", str(path)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    return path
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""A town on the Redis a company runs: a Redis Cluster (3 primaries, 3 replicas), a
-Sentinel-managed primary, TLS, an ACL user with exactly the commands a town needs.
+"""A town on the Redis a company runs: a Redis Cluster (3 primaries, 3 replicas; also with
+nodes that speak only TLS), a Sentinel-managed primary, TLS, an ACL user with exactly the
+commands a town needs.
 
 The deployments are real servers on 127.0.0.1 (tests/deploy_servers.py), started once per
 module.  Failovers are real: SIGKILL of the primary that serves the town (the cluster's
@@ -18,9 +19,20 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import clean_env, make_config, start_redis_server
-from deploy_servers import Cluster, Node, SentinelSet, make_certificates, remove, tls_server, wait_until
+from deploy_servers import (
+    Cluster,
+    Node,
+    SentinelSet,
+    ca_folder,
+    encrypted_key,
+    make_certificates,
+    remove,
+    tls_server,
+    wait_until,
+)
 from mcp_support import ok, stdio
 from redis import Redis as SyncRedis
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import NoPermissionError
 from runner_support import open_spawn_town, task_settled
 from servers import server_binary
@@ -51,6 +63,19 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     folder = Path(f"/tmp/tt-cluster-{os.getpid()}-{request.param}")
     remove(folder)
     started = Cluster(server_binary(request.param), folder).start()
+    try:
+        yield started
+    finally:
+        started.stop()
+        remove(folder)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[Cluster]:
+    """A cluster whose nodes speak only TLS, to clients, on the bus and for replication."""
+    folder = Path(f"/tmp/tt-tls-cluster-{os.getpid()}")
+    remove(folder)
+    started = Cluster(server_binary("redis7"), folder / "nodes", make_certificates(folder / "certs")).start()
     try:
         yield started
     finally:
@@ -282,6 +307,85 @@ async def test_a_runner_keeps_going_across_a_failover_of_its_towns_primary(
         if not owner.alive():
             owner.restart()
         await anyio.to_thread.run_sync(lambda: wait_until("the cluster is whole again", cluster.healthy))
+
+
+async def test_a_town_works_on_a_cluster_whose_nodes_speak_only_tls_with_the_ca_named_in_the_url(
+    tls_cluster: Cluster, town_name: str, closing: list[Town], capsys: pytest.CaptureFixture[str],
+) -> None:
+    seq = f"tt:{{{town_name}}}:seq"
+    owner = tls_cluster.owner(seq)
+    replica = tls_cluster.replica_of(owner)
+    ca = str(tls_cluster.certs["ca"])  # type: ignore[index]
+    url = tls_cluster.url(tls_cluster.not_serving(seq))
+    assert url.startswith("rediss://") and f"ssl_ca_certs={ca}" in url
+    check_redis_url(url)
+    town = await open_town(url, town_name)
+    closing.append(town)
+    assert isinstance(town.redis, TownCluster)
+    await workload(town)
+
+    # a receive blocked on the town's primary is woken by a send
+    await town.register_agent("bob")
+    got: dict[str, list[str]] = {}
+
+    async def waiting() -> None:
+        got["bodies"] = [m.body for m in (await town.receive("bob", timeout_s=30)).messages]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiting)
+        await blocked_on(owner)
+        await town.send("conductor", "bob", "wake up")
+    assert got["bodies"] == ["wake up"]
+    await town.reset()
+
+    # a failover moves the slot: the client refreshes its slot map and connects to the new
+    # primary with the URL's TLS options (a connection without them is refused by every node)
+    def failover() -> None:
+        replica.client().execute_command("CLUSTER FAILOVER")
+
+    await failover_during_blocked_receive(town, owner, failover, capsys, "cluster over TLS (manual)")
+    assert tls_cluster.owner(seq) is replica
+    assert town.redis.get_node_from_key(seq).port == replica.port  # the client's map was refreshed
+    assert await town.redis.ping(target_nodes=TownCluster.ALL_NODES)  # every node the map names
+    opened = [(n.port, c) for n in town.redis.get_nodes() for c in n._connections]
+    primaries = {n.port for n in tls_cluster.nodes if n.client().execute_command("ROLE")[0] == "master"}
+    assert replica.port in primaries and primaries <= {port for port, _ in opened}
+    for port, connection in opened:
+        assert isinstance(connection, SSLConnection), port
+        assert connection.ca_certs == ca, port
+
+    # without the CA no node is trusted: refused, TLS is really checked
+    with pytest.raises(Unavailable):
+        with anyio.fail_after(30):
+            await open_town(f"rediss://127.0.0.1:{owner.port}", town_name)
+
+
+async def test_a_ca_folder_and_a_client_key_passphrase_in_the_url_reach_every_node_of_a_tls_cluster(
+    tls_cluster: Cluster, town_name: str, closing: list[Town],
+) -> None:
+    """``ssl_ca_path`` and ``ssl_password``, which redis-py's cluster client does not take."""
+    certs = tls_cluster.certs
+    assert certs is not None
+    folder, key = ca_folder(certs), encrypted_key(certs, "key-pass-123")
+    node = tls_cluster.nodes[0]
+    url = (f"rediss://127.0.0.1:{node.port}?ssl_ca_path={folder}"
+           f"&ssl_certfile={certs['server']}&ssl_keyfile={key}&ssl_password=key-pass-123")
+    check_redis_url(url)
+    town = await open_town(url, town_name)
+    closing.append(town)
+    assert isinstance(town.redis, TownCluster)
+    await workload(town)
+    assert await town.redis.ping(target_nodes=TownCluster.ALL_NODES)
+    opened = [c for n in town.redis.get_nodes() for c in n._connections]
+    assert len({c.port for c in opened}) >= 3  # the primaries at least, found in the slot map
+    for connection in opened:
+        assert isinstance(connection, SSLConnection)
+        tls = connection.ssl_context
+        assert (tls.ca_path, tls.password) == (str(folder), "key-pass-123")
+    # a wrong passphrase does not open the key: the option is really used
+    with pytest.raises(Unavailable):
+        with anyio.fail_after(30):
+            await open_town(url.replace("key-pass-123", "wrong-pass"), town_name)
 
 
 # ----------------------------------------------------------------- Sentinel

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, unquote
 
 import redis.exceptions as rx
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -47,6 +48,22 @@ class TownCluster(RedisCluster):  # type: ignore[misc]  # redis is untyped here 
     node answers ``unavailable`` within the call bound, not after several."""
 
     ERRORS_ALLOW_RETRY = (rx.ConnectionError, rx.ClusterDownError, rx.SlotNotCoveredError)
+
+    def __init__(self, *args: Any, ssl_ca_path: str | None = None, ssl_password: str | None = None,
+                 **kwargs: Any) -> None:
+        """redis-py's cluster client takes every TLS option of its one-server client but
+        ``ssl_ca_path`` and ``ssl_password`` (a ``rediss://`` URL with them, accepted for one
+        server, failed with a ``TypeError`` on a cluster): they are given here to the
+        connections of every node, the one the URL names and those the slot map names later."""
+        super().__init__(*args, **kwargs)
+        given = {"ssl_ca_path": ssl_ca_path, "ssl_password": ssl_password}
+        extra = {k: v for k, v in given.items() if v is not None}
+        if extra and self.connection_kwargs.get("connection_class") is SSLConnection:
+            # the options each node found later is made with (the NodesManager's, shared)
+            self.connection_kwargs.update(extra)
+            self.nodes_manager.connection_kwargs.update(extra)
+            for node in self.nodes_manager.startup_nodes.values():
+                node.connection_kwargs.update(extra)
 
 
 class SentinelRedis(Redis):  # type: ignore[misc]
