@@ -95,6 +95,19 @@ def sentinels() -> Iterator[SentinelSet]:
         remove(folder)
 
 
+@pytest.fixture(params=["redis7", "redis6.2"])
+def sentinels_of_each_version(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SentinelSet]:
+    """The module's Redis 7 Sentinel set, or a Redis 6.2 one for this test alone."""
+    if request.param == "redis7":
+        yield request.getfixturevalue("sentinels")
+        return
+    started = SentinelSet(server_binary(request.param), tmp_path / "sentinel").start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
 async def open_town(url: str, name: str) -> Town:
     town = Town(await client_for_url(url), make_config(name))
     await town.ensure_conductor()
@@ -392,12 +405,16 @@ async def test_a_ca_folder_and_a_client_key_passphrase_in_the_url_reach_every_no
 
 
 async def test_a_town_works_through_a_sentinel_url(
-    sentinels: SentinelSet, town_name: str, closing: list[Town],
+    sentinels_of_each_version: SentinelSet, town_name: str, closing: list[Town],
 ) -> None:
+    sentinels = sentinels_of_each_version
     town = await open_town(sentinels.url(), town_name)
     closing.append(town)
     assert isinstance(town.redis, SentinelRedis)
     await workload(town)
+    expected = "6.2." if sentinels.binary == server_binary("redis6.2") else "7."
+    for node in (sentinels.primary(), sentinels.sentinels[0]):
+        assert node.client().info("server")["redis_version"].startswith(expected)
 
 
 @pytest.mark.parametrize("how", ["kill", "manual"])
