@@ -373,6 +373,25 @@ async def test_a_town_works_on_a_cluster_whose_nodes_speak_only_tls_with_the_ca_
             await open_town(f"rediss://127.0.0.1:{owner.port}", town_name)
 
 
+async def test_a_receive_blocked_before_a_sigkill_of_a_tls_clusters_primary_gets_what_is_sent_after_it(
+    tls_cluster: Cluster, town_name: str, closing: list[Town], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The killed primary's connection drops; the client finds the promoted replica in the
+    slot map it asks the other nodes for, over TLS with the URL's CA."""
+    seq = f"tt:{{{town_name}}}:seq"
+    owner = tls_cluster.owner(seq)
+    replica = tls_cluster.replica_of(owner)
+    town = await open_town(tls_cluster.url(tls_cluster.not_serving(seq)), town_name)
+    closing.append(town)
+    try:
+        await failover_during_blocked_receive(town, owner, owner.kill, capsys, "cluster over TLS (kill)")
+        assert tls_cluster.owner(seq) is replica
+    finally:
+        if not owner.alive():
+            owner.restart()
+        await anyio.to_thread.run_sync(lambda: wait_until("the cluster is whole again", tls_cluster.healthy))
+
+
 async def test_a_ca_folder_and_a_client_key_passphrase_in_the_url_reach_every_node_of_a_tls_cluster(
     tls_cluster: Cluster, town_name: str, closing: list[Town],
 ) -> None:
