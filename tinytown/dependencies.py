@@ -259,7 +259,7 @@ class Dependencies:
             plan.hset.append([key, {"state": TaskState.PENDING.value, "updated_at": str(now_ms())}])
             plan.hdel.append([key, ["assigned_to", "assignee"]])
             if task.assigned_to:  # its agent was pruned meanwhile
-                plan.zrem.append([town._k(town.keys.open_tasks(task.assigned_to)), task.id])
+                town._unassign(plan, task, task.assigned_to)
             plan.zadd.append([town._k(town.keys.backlog), seq, task.id])
 
     async def _cascade(self, plan: Plan, root: Task, ids: Sequence[str], target: TaskState,

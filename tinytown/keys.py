@@ -25,13 +25,18 @@ such as ``x}:agent:*`` is refused with ``invalid`` instead of reaching Redis.
                                              in the task hash: "depends_on" (ids), "depends_on_refs"
                                              (their #N), "waiting_on" (ids not completed yet) and
                                              "dependents" (ids of the tasks waiting on this one)
+                                             Former assignees (tinytown.tasks): "former:<agent id>"
+                                             = the attempt the agent lost when the task was
+                                             reassigned or reclaimed (its late report is a conflict)
     tt:{town}:task_number             counter: the last task number (#N) given
     tt:{town}:task_numbers            hash   task number -> task id (resolves #N in O(1))
     tt:{town}:task_msgs:<id>          zset   message id -> position (the task's thread, in order)
     tt:{town}:tasks                   zset   task id -> seq             (every task)
     tt:{town}:tasks:state:<state>     zset   task id -> seq             (pending = the backlog;
                                              waiting = tasks whose dependencies are not done)
-    tt:{town}:tasks:agent:<id>        zset   task id -> seq             (ever assigned to agent)
+    tt:{town}:tasks:agent:<id>        zset   task id -> seq  every task that is the agent's now
+                                             (open or ended; a reassigned or reclaimed task
+                                             leaves its former agent's indexes)
     tt:{town}:tasks:open:<id>         zset   task id -> seq  the agent's unfinished tasks: this
                                              attempt is its (assigned/running; reclaim reads it),
                                              and the waiting tasks meant for it
@@ -70,6 +75,11 @@ def checked_id(value: str, what: str = "id") -> str:
     if not valid_id(value):
         raise Invalid(f"{what} {value!r} is not a valid id (letters, digits, '_', '-' and '.' only)")
     return value
+
+
+def former_field(agent_id: str) -> str:
+    """The task-hash field that records an agent the task was taken from."""
+    return f"former:{checked_id(agent_id, 'agent id')}"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tinytown.channel import Plan
 from tinytown.errors import Conflict, Forbidden, Invalid, NotFound, wrap_redis_errors
+from tinytown.keys import former_field
 from tinytown.models import (
     BROADCAST,
     CONDUCTOR,
@@ -262,6 +263,10 @@ class TaskOps:
                         pipe.hgetall(self.keys.task(task_id))
                     datas = await pipe.execute()
             exhausted = len(rows) <= limit
+            gone = [str(task_id) for (task_id, _score), data in zip(rows, datas, strict=True)
+                    if not data]
+            if gone:  # ids are never reused: an id whose task is gone is dropped for good
+                await self._drop_from_index(key, gone)
             for (_task_id, score), data in zip(rows, datas, strict=True):
                 bound = int(score)
                 if not data:
@@ -278,6 +283,13 @@ class TaskOps:
         more = len(found) > limit
         listed = await self._name_assignees([t for t, _ in page])
         return TaskPage(tasks=listed, next_cursor=str(page[-1][1]) if more else None)
+
+    async def _drop_from_index(self, key: str, task_ids: Sequence[str]) -> None:
+        """Take ids whose task no longer exists out of an index (one left by a town written
+        before reassignment cleaned its former agent's indexes, whose task then expired)."""
+        plan = Plan()
+        plan.zrem += [[self._k(key), task_id] for task_id in task_ids]
+        await self.channel.apply(plan)
 
     # ----------------------------------------------------------------- creating
 
@@ -349,6 +361,8 @@ class TaskOps:
         """Add to ``plan`` the writes that give ``task`` to ``agent`` (a new attempt);
         the plan fails with ``gone_code`` if the agent was removed meanwhile."""
         now = now_ms()
+        if task.assigned_to and task.assigned_to != agent.id:
+            self._unassign(plan, task, task.assigned_to)
         task = task.model_copy(update={
             "state": TaskState.ASSIGNED, "assigned_to": agent.id, "assignee": agent.name,
             "attempt": task.attempt + 1, "updated_at": now, "started_at": None,
@@ -373,6 +387,17 @@ class TaskOps:
         plan.event("message.sent", id=message.id, to=agent.name, kind="task", task_id=task.id,
                    **{"from": sender})
         return task
+
+    def _unassign(self, plan: Plan, task: Task, agent_id: str) -> None:
+        """Add to ``plan`` the writes that take ``task`` out of ``agent_id``'s indexes (it is
+        given to another agent or back to the backlog): an agent's indexes name only the tasks
+        that are its now, so retention, which cleans the last assignee's, leaves none behind.
+        The task remembers the agent (field ``former:<agent id>`` = the attempt it lost), so
+        the agent's late report stays a ``conflict``."""
+        plan.zrem.append([self._k(self.keys.tasks_of_agent(agent_id)), task.id])
+        plan.zrem.append([self._k(self.keys.open_tasks(agent_id)), task.id])
+        plan.hset.append([self._k(self.keys.task(task.id)),
+                          {former_field(agent_id): str(task.attempt)}])
 
     async def claim(self, agent: str, task_id: str | None = None, *, session: str | None = None) -> Task:
         """Take a backlog task (``task_id``, or the oldest) for ``agent``; it is ``running``.
@@ -532,9 +557,12 @@ class TaskOps:
             return
         if target == TaskState.CANCELLED and task.created_by == caller.name:
             return
-        async with wrap_redis_errors():
-            had_it = await self.redis.zscore(self.keys.tasks_of_agent(caller.id), task.id)
-        if had_it is not None:
+        async with wrap_redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.task(task.id), former_field(caller.id))
+            # (an index written before reassignment took the task out of it)
+            pipe.zscore(self.keys.tasks_of_agent(caller.id), task.id)
+            former, indexed = await pipe.execute()
+        if former is not None or indexed is not None:
             raise Conflict(
                 f"task {task.id} was reassigned (attempt {task.attempt}); your report is late "
                 "and was not recorded"
@@ -613,6 +641,7 @@ class TaskOps:
                 if message_id:
                     plan.acknowledge(holder.id, message_id, task.priority.value)
                 if target is None:
+                    self._unassign(plan, task, holder.id)
                     now = now_ms()
                     plan.hset.append([task_key, {"state": TaskState.PENDING.value, "updated_at": str(now)}])
                     plan.hdel.append([task_key, ["assigned_to", "assignee", "started_at", "held_by",
