@@ -16,7 +16,7 @@ from conftest import make_config
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import UnixDomainSocketConnection
 
-from tinytown.bulk import SLICE
+from tinytown.bulk import SLICE, TaskSpec
 from tinytown.errors import Invalid
 from tinytown.models import AgentState, TaskState
 from tinytown.schema import SCHEMA, upgrade
@@ -129,6 +129,27 @@ async def test_status_and_list_agents_take_the_same_round_trips_for_10_and_200_a
     assert len(shown.agents) == shown.agent_count == 200
     assert small == large
     assert large[0] <= 3 and large[1] <= 2
+
+
+@pytest.mark.real_redis
+async def test_bulk_add_takes_one_round_trip_per_slice_of_tasks(redis_socket: str, town_name: str,
+                                                               real_redis: Redis) -> None:
+    pool = ConnectionPool(connection_class=CountingConnection, path=redis_socket,
+                          decode_responses=True)
+    client = Redis(connection_pool=pool)
+    town = Town(client, make_config(town_name))
+    try:
+        await town.ensure_conductor()
+        one = await _round_trips(lambda: town.add_tasks([TaskSpec(description="one")]))
+        three = await _round_trips(
+            lambda: town.add_tasks([TaskSpec(description=f"t{i}") for i in range(SLICE * 2 + 10)]))
+        listed = await town.list_tasks(state="pending", limit=MAX_PAGE, oldest_first=True)
+    finally:
+        await client.aclose()
+
+    assert three - one == 2  # two more slices, one script call each
+    assert [t.description for t in listed.tasks[:3]] == ["one", "t0", "t1"]
+    assert [t.number for t in listed.tasks[:3]] == [1, 2, 3]
 
 
 async def test_list_agents_pages_cover_every_agent_once(town_name: str, real_redis: Redis) -> None:

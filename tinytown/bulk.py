@@ -3,8 +3,8 @@
 :func:`parse_task_lines` reads a file of tasks — one description a line, or a JSON object a
 line with ``description`` and optional ``tags`` and ``priority`` — and names the first bad
 line.  :func:`add_tasks` (``Town.add_tasks``) checks every task before it writes any, then
-writes them in slices of :data:`SLICE`: two round trips a slice (the seqs, then one guarded
-plan giving each task its number, its record, its index entries and its event).
+writes them in slices of :data:`SLICE`: one round trip a slice (one plan giving each task
+its seq, its number, its record, its index entries and its event inside the write).
 
 All or nothing, as far as one server allows: a bad task anywhere writes nothing; a slice is
 atomic; only a failure of Redis between two slices leaves the first slices added, and the
@@ -18,12 +18,12 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from tinytown.channel import Plan
-from tinytown.errors import Invalid, TinytownError, wrap_redis_errors
+from tinytown.errors import Invalid, TinytownError
 from tinytown.models import Priority, Task
 
 if TYPE_CHECKING:
@@ -146,17 +146,14 @@ async def add_tasks(
 
 
 async def _write(town: Town, chunk: list[Task]) -> list[int]:
+    """One script call: each task gets its seq and number inside the write, in order."""
     keys = town.keys
-    async with wrap_redis_errors():
-        last = int(await town.redis.incrby(keys.seq, len(chunk)))
+    indexes = [town._k(keys.tasks), town._k(keys.backlog)]
     plan = Plan()
-    for offset, task in enumerate(chunk):
-        seq = last - len(chunk) + 1 + offset
+    for task in chunk:
         task_key = town._k(keys.task(task.id))
-        record: dict[str, Any] = {**task.to_redis(), "seq": str(seq)}
-        plan.hset.append([task_key, record])
+        plan.hset.append([task_key, task.to_redis()])
+        plan.created.append([town._k(keys.seq), task_key, task.id, indexes])
         plan.number.append([town._k(keys.task_number), town._k(keys.task_numbers), task_key, task.id])
-        plan.zadd.append([town._k(keys.tasks), seq, task.id])
-        plan.zadd.append([town._k(keys.backlog), seq, task.id])
         plan.event("task.created", task_id=task.id, by=task.created_by, priority=task.priority.value)
     return await town.channel.apply(plan)

@@ -102,6 +102,9 @@ class Plan:
     send: list[list[Any]] = field(default_factory=list)
     events: list[list[Any]] = field(default_factory=list)
     number: list[list[str]] = field(default_factory=list)
+    created: list[list[Any]] = field(default_factory=list)
+    """``[seq counter, task key, task id, [zset keys]]``: the task gets the next seq (field
+    ``seq``) and an entry with that score in each zset, inside the write."""
     finish: list[str] = field(default_factory=list)
     """Ids of tasks this plan finishes: recorded with Redis's clock for the retention sweep,
     which then runs in the same write."""
@@ -410,6 +413,7 @@ class Channel:
             "send": plan.send,
             "events": plan.events,
             "number": plan.number,
+            "created": plan.created,
             "refs": plan.refs,
             "stamp": plan.stamp,
             "ring": plan.ring,

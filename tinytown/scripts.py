@@ -570,6 +570,7 @@ end
 --         send = {{agent, fields}}, events = {{type, data}}, conflict = sentence,
 --         stamp = {{key, field}}: set to Redis's clock (last_seen and the like),
 --         number = {{counter, index, task key, task id}},
+--         created = {{counter, task key, task id, {zset key...}}},
 --         finish = {task id}: finished now (the retention index), acked_ttl,
 --         sweep = {tasks_keep_ms, events_keep_ms, batch},
 --         refs = {{key, field, {item...}}}}
@@ -577,6 +578,8 @@ end
 -- drop_oldest_notice; with no notice to drop it is not sent)
 -- number: each new task gets the next per-town number (field "number" and index
 -- number -> id) in this same write; the reply is the list of numbers given
+-- created: each new task gets the next seq of the counter (field "seq"), and an entry in each
+-- zset with it, in this same write (no round trip to reserve the seqs first)
 -- refs: a JSON list of task references written after numbering: an item that is a number i
 -- becomes '#' .. the i-th number given above (a task of this same plan), a string stays
 if OP == 'apply' then
@@ -603,6 +606,11 @@ if OP == 'apply' then
     redis.call('HSET', P .. n[3], 'number', num)
     redis.call('HSET', P .. n[2], num, n[4])
     numbers[#numbers + 1] = num
+  end
+  for _, c in ipairs(plan.created or {}) do
+    local seq = redis.call('INCR', P .. c[1])
+    redis.call('HSET', P .. c[2], 'seq', seq)
+    for _, z in ipairs(c[4]) do redis.call('ZADD', P .. z, seq, c[3]) end
   end
   for _, r in ipairs(plan.refs or {}) do
     local out = {}
