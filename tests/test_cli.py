@@ -270,22 +270,40 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1_and_usage_errors_exit_2(
     assert tt("send", "bob", "hi", "--urgent", "--priority", "low", env=tt_env).returncode == 2
 
 
-def test_tt_send_does_not_import_mcp(tt_env: dict[str, str], redis_socket: str, town_name: str) -> None:
+# What `tt send` and `tt inbox --count` (a prompt hook's every turn) never need: the MCP SDK,
+# the Town's other services and the managed server's code (the town's Redis is a URL here).
+# Importing them was a large part of `tt`'s start-up (bench/cli_startup.py); the Town makes
+# its services on first use.
+NOT_ON_THE_MESSAGE_PATH = (
+    "mcp", "tinytown_mcp", "tinytown.bulk", "tinytown.conversation", "tinytown.dashboard",
+    "tinytown.dependencies", "tinytown.handback", "tinytown.orders", "tinytown.plans",
+    "tinytown.presets", "tinytown.redis_server", "tinytown.retention", "tinytown.roster",
+    "tinytown.runner", "tinytown.tokens", "tinytown.worktrees", "tomli_w",
+)
+
+
+@pytest.mark.parametrize("argv", [["send", "bob", "hello"], ["inbox", "bob", "--count"]],
+                         ids=["send", "inbox"])
+def test_tt_send_and_inbox_count_load_neither_mcp_nor_the_services_they_do_not_use(
+    argv: list[str], tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
     register(redis_socket, town_name, "bob")
     code = (
-        "import sys\n"
+        "import json, sys\n"
         "from tinytown.cli.main import main\n"
-        "sys.argv = ['tt', 'send', 'bob', 'hello']\n"
+        f"sys.argv = ['tt', *{argv!r}]\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-        "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))\n"
+        f"unwanted = {NOT_ON_THE_MESSAGE_PATH!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules\n"
+        "                        if any(m == u or m.startswith(u + '.') for u in unwanted))))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], env=tt_env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    sent, imported = done.stdout.splitlines()
-    assert sent.startswith("sent ")
-    assert imported == "[]"
+    printed, imported = done.stdout.splitlines()
+    assert printed.startswith("sent ") if argv[0] == "send" else printed == "0"
+    assert json.loads(imported) == []
 
 
 # --------------------------------------------------------------------- tasks

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from tinytown.errors import Conflict, Invalid, NotFound
@@ -383,6 +382,8 @@ def example_text(name: str) -> str:
 
 def render_config(config: TownConfig) -> str:
     """The TOML text of a config: only what differs from the defaults, plus the name."""
+    import tomli_w  # only writing a config needs it
+
     data = config.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
     data["name"] = config.name
     header = "# Tinytown town configuration. Every key with its default: tt init --example\n"

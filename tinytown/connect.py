@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from redis.asyncio import Redis
@@ -15,8 +15,10 @@ from tinytown.channel import CALL_TIMEOUT_S
 from tinytown.config import TownConfig, TownPaths
 from tinytown.errors import Unavailable, wrap_redis_errors
 from tinytown.masking import mask_url
-from tinytown.redis_server import ManagedRedis
 from tinytown.topology import open_client
+
+if TYPE_CHECKING:
+    from tinytown.redis_server import ManagedRedis
 
 # Every call is bounded: a stalled or unreachable Redis gives ``unavailable`` within
 # CALL_TIMEOUT_S, and the next call reconnects by itself.  Blocking commands wait in slices
@@ -58,6 +60,8 @@ def client_options() -> dict[str, Any]:
 
 
 def managed_redis(config: TownConfig, paths: TownPaths) -> ManagedRedis:
+    from tinytown.redis_server import ManagedRedis  # not needed for an external URL
+
     return ManagedRedis(paths.runtime, durability=config.redis.durability, server=config.redis.server)
 
 

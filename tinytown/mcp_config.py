@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import tomli_w
-
 from tinytown.config import TownPaths
 from tinytown.masking import mask_url
 from tinytown.models import MAX_RECEIVE_TIMEOUT_S
@@ -142,6 +140,12 @@ def with_claude_code_keys(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "timeout": TOOL_TIMEOUT_S * 1000, "alwaysLoad": True}
 
 
+def _toml(data: dict[str, Any]) -> str:
+    import tomli_w  # Codex's configs only: not loaded on every `tt` start
+
+    return tomli_w.dumps(data)
+
+
 def client_config(root: Path, agent: str, client: Client = "claude", *, push: bool = False) -> str:
     """The text to paste into ``client``'s MCP configuration (see :data:`WHERE`).
 
@@ -150,7 +154,7 @@ def client_config(root: Path, agent: str, client: Client = "claude", *, push: bo
     """
     entry = server_entry(root, agent, client, push=push)
     if client == "codex":
-        return tomli_w.dumps({"mcp_servers": {SERVER_KEY: codex_server_table(entry)}})
+        return _toml({"mcp_servers": {SERVER_KEY: codex_server_table(entry)}})
     if client == "gemini":
         return json.dumps({"mcpServers": {SERVER_KEY: gemini_server_entry(entry, agent, follow_env=True)}},
                           indent=2) + "\n"
@@ -270,7 +274,7 @@ def http_client_config(url: str, token: str, client: Client = "claude", *, push:
         entry = {"url": endpoint, "headers": headers}
     elif client == "codex":  # literal headers are http_headers (Codex ignores a `headers` key)
         table = {"url": endpoint, "http_headers": headers, **CODEX_SERVER_SETTINGS}
-        return tomli_w.dumps({"mcp_servers": {SERVER_KEY: table}})
+        return _toml({"mcp_servers": {SERVER_KEY: table}})
     else:
         raise ValueError(f"{client} has no HTTP server config; choose one of {', '.join(HTTP_CLIENTS)}")
     return json.dumps({"mcpServers": {SERVER_KEY: entry}}, indent=2) + "\n"

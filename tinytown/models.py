@@ -36,6 +36,9 @@ RESERVED_NAMES = frozenset({CONDUCTOR, "supervisor", BROADCAST})
 NAME_ALIASES = {"supervisor": CONDUCTOR}
 MAX_RECEIVE_TIMEOUT_S = 300.0
 """The longest a receive may wait; MCP client configs set their tool timeouts above it."""
+MAX_AGENT_PAGE = 500
+DEFAULT_AGENT_PAGE = 100
+"""Agents per page of ``list_agents`` / ``town_status`` (:mod:`tinytown.roster`)."""
 
 
 _TEST_CLOCK_SKEW_MS = int(float(os.environ.get("TINYTOWN_TEST_CLOCK_SKEW_S") or 0) * 1000)

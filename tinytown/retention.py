@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from tinytown.channel import SWEEP_BATCH, RetentionTimes
+from tinytown.channel import SWEEP_BATCH
 from tinytown.config import RetentionSettings
 from tinytown.errors import Invalid, wrap_redis_errors
 from tinytown.topology import scan_town, town_node_call
 
 if TYPE_CHECKING:
-    from tinytown.config import TownConfig
     from tinytown.town import Town
 
 KINDS = ("tasks", "messages", "events", "agents", "indexes", "other")
@@ -58,11 +57,6 @@ _BY_HEAD = {
     "tasks": "indexes", "task_numbers": "indexes", "task_msgs": "indexes", "agents": "indexes",
     "agent_names": "indexes", "inflight_due": "indexes", "retention": "indexes",
 }
-
-
-def retention_times(config: TownConfig) -> RetentionTimes:
-    r = config.retention
-    return RetentionTimes(tasks_s=r.tasks, messages_s=r.messages, events_s=r.events)
 
 
 def kind_of(key_without_prefix: str) -> str:

@@ -13,14 +13,19 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from tinytown.errors import Invalid, wrap_redis_errors
-from tinytown.models import Agent, AgentState, InboxCounts, ServerInfo, TaskState
+from tinytown.models import (
+    DEFAULT_AGENT_PAGE,
+    MAX_AGENT_PAGE,
+    Agent,
+    AgentState,
+    InboxCounts,
+    ServerInfo,
+    TaskState,
+)
 from tinytown.topology import cluster_server_info, is_cluster
 
 if TYPE_CHECKING:
     from tinytown.town import Town
-
-MAX_AGENT_PAGE = 500
-DEFAULT_AGENT_PAGE = 100
 
 
 class AgentView(BaseModel):

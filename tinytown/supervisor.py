@@ -39,8 +39,6 @@ from pydantic import BaseModel
 from tinytown.channel import Plan
 from tinytown.errors import Conflict, Forbidden, Invalid, NotFound, wrap_redis_errors
 from tinytown.models import CONDUCTOR, Agent, AgentState, InboxCounts, Task, normalise_agent_name
-from tinytown.orders import StopOutcome
-from tinytown.presets import Preset, resolve_preset
 from tinytown.private import open_private, private_dir
 from tinytown.processes import lock_holder, lock_path, runner_log_path, signal_process, this_host, wait_exit
 
@@ -54,7 +52,8 @@ if TYPE_CHECKING:
     from tinytown.handback import Handback
     from tinytown.keys import Keys
     from tinytown.models import Message
-    from tinytown.orders import Orders
+    from tinytown.orders import Orders, StopOutcome
+    from tinytown.presets import Preset
     from tinytown.worktrees import Worktrees
 
 T = TypeVar("T")
@@ -100,12 +99,16 @@ class LifecycleOps:
         paths: TownPaths | None
         channel: Channel
         keys: Keys
-        handback: Handback
-        orders: Orders
-        worktrees: Worktrees
         redis: Redis
 
         def _k(self, key: str) -> str: ...
+
+        @property
+        def handback(self) -> Handback: ...
+        @property
+        def orders(self) -> Orders: ...
+        @property
+        def worktrees(self) -> Worktrees: ...
 
         @property
         def name(self) -> str: ...
@@ -202,6 +205,8 @@ class LifecycleOps:
             Conflict: the name is taken.
             NotFound: ``by`` is not an agent.
         """
+        from tinytown.presets import resolve_preset
+
         caller = await self.get_agent(by)
         key = self.validate_agent_name(name)
         preset = resolve_preset(self.config, cli)
@@ -339,6 +344,8 @@ class LifecycleOps:
             Invalid: the agent was attached (it has no preset), or its preset cannot run.
             Forbidden, NotFound: as :meth:`kill_agent`.
         """
+        from tinytown.presets import resolve_preset
+
         agent = await self._lifecycle_target(name, by, "restart")
         if agent.cli is None:
             raise Invalid(f"agent {agent.name} was attached, not spawned: there is no runner to restart")

@@ -94,13 +94,15 @@ class TaskOps:
     """The task half of :class:`~tinytown.town.Town`."""
 
     if TYPE_CHECKING:
-        handback: Handback
-        dependencies: Dependencies
         redis: Redis
         keys: Keys
         channel: Channel
         config: TownConfig
 
+        @property
+        def handback(self) -> Handback: ...
+        @property
+        def dependencies(self) -> Dependencies: ...
         async def get_agent(self, name: str) -> Agent: ...
         async def _agent_by_id(self, agent_id: str) -> Agent: ...
         def _k(self, key: str) -> str: ...

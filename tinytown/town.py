@@ -14,22 +14,18 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from tinytown import roster
-from tinytown.bulk import BulkProgress, BulkResult, TaskSpec, add_tasks
-from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received
+from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received, RetentionTimes
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config
-from tinytown.conversation import Conversation
-from tinytown.dependencies import Dependencies
 from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
-from tinytown.handback import Handback
 from tinytown.keys import Keys
 from tinytown.masking import mask_url
 from tinytown.models import (
@@ -37,6 +33,7 @@ from tinytown.models import (
     AGENT_NAME_RULE,
     BROADCAST,
     CONDUCTOR,
+    DEFAULT_AGENT_PAGE,
     MAX_RECEIVE_TIMEOUT_S,
     RESERVED_NAMES,
     Agent,
@@ -49,18 +46,26 @@ from tinytown.models import (
     normalise_agent_name,
     now_ms,
 )
-from tinytown.orders import Orders
-from tinytown.plans import Plans
 from tinytown.private import secure_runtime
 from tinytown.processes import this_host
-from tinytown.retention import Retention, retention_times
-from tinytown.roster import DEFAULT_AGENT_PAGE, AgentPage, AgentView, TownStatus
 from tinytown.schema import upgrade
 from tinytown.supervisor import LifecycleOps
 from tinytown.tasks import TaskOps, check_size, parse_enum
-from tinytown.tokens import Tokens
-from tinytown.topology import scan_town
-from tinytown.worktrees import Worktrees
+
+# The services a Town holds are imported when first used, not with the Town: most commands
+# (``tt send``, ``tt inbox``, a hook's every turn) need none of them, and importing them all
+# was a third of ``tt``'s start-up (bench/cli_startup.py).
+if TYPE_CHECKING:
+    from tinytown.bulk import BulkProgress, BulkResult, TaskSpec
+    from tinytown.conversation import Conversation
+    from tinytown.dependencies import Dependencies
+    from tinytown.handback import Handback
+    from tinytown.orders import Orders
+    from tinytown.plans import Plans
+    from tinytown.retention import Retention
+    from tinytown.roster import AgentPage, TownStatus
+    from tinytown.tokens import Tokens
+    from tinytown.worktrees import Worktrees
 
 T = TypeVar("T")
 
@@ -68,7 +73,7 @@ MAX_BATCH = 100
 RETRIES = 8
 
 
-__all__ = ["AgentView", "SendReceipt", "Town", "TownStatus"]
+__all__ = ["SendReceipt", "Town"]
 
 
 class SendReceipt(BaseModel):
@@ -95,25 +100,70 @@ class Town(TaskOps, LifecycleOps):
         self.keys = Keys(config.name)
         self.channel = Channel(redis, self.keys, max_inbox=config.limits.max_inbox,
                                max_receive_bytes=config.limits.max_receive_bytes,
-                               retention=retention_times(config))
+                               retention=RetentionTimes(tasks_s=config.retention.tasks,
+                                                        messages_s=config.retention.messages,
+                                                        events_s=config.retention.events))
         self.redis_display = redis_display or mask_url(config.redis.url) or "(injected client)"
         self._owns_redis = False
         self._ids: dict[str, str] = {}
-        self.handback = Handback(self)
-        self.orders = Orders(self)
+
+    # ----------------------------------------------------------------- services (made on first use)
+
+    @cached_property
+    def handback(self) -> Handback:
+        """Work a session held goes back to its agent when the session is gone."""
+        from tinytown.handback import Handback
+
+        return Handback(self)
+
+    @cached_property
+    def orders(self) -> Orders:
         """Lifecycle orders to runners, here or on other machines (stop, restart)."""
-        self.conversation = Conversation(self)
+        from tinytown.orders import Orders
+
+        return Orders(self)
+
+    @cached_property
+    def conversation(self) -> Conversation:
         """What agents said: the history with message bodies, each task's thread."""
-        self.tokens = Tokens(self)
+        from tinytown.conversation import Conversation
+
+        return Conversation(self)
+
+    @cached_property
+    def tokens(self) -> Tokens:
         """The bearer tokens of ``tt serve`` (one names one agent)."""
-        self.retention = Retention(self)
+        from tinytown.tokens import Tokens
+
+        return Tokens(self)
+
+    @cached_property
+    def retention(self) -> Retention:
         """What expires when, and ``stats``: keys, memory and growth per kind."""
-        self.dependencies = Dependencies(self)
+        from tinytown.retention import Retention
+
+        return Retention(self)
+
+    @cached_property
+    def dependencies(self) -> Dependencies:
         """Tasks that wait for other tasks (``depends_on``, the ``waiting`` state)."""
-        self.plans = Plans(self)
+        from tinytown.dependencies import Dependencies
+
+        return Dependencies(self)
+
+    @cached_property
+    def plans(self) -> Plans:
         """Whole plans of tasks created at once (``tt plan``), handing out the backlog."""
-        self.worktrees = Worktrees(self)
+        from tinytown.plans import Plans
+
+        return Plans(self)
+
+    @cached_property
+    def worktrees(self) -> Worktrees:
         """A git worktree per agent, a branch per task: review, merge, discard."""
+        from tinytown.worktrees import Worktrees
+
+        return Worktrees(self)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -230,6 +280,8 @@ class Town(TaskOps, LifecycleOps):
         Raises:
             Invalid: a bad state, limit or cursor.
         """
+        from tinytown import roster
+
         return await roster.agents_page(self, state, limit=limit, cursor=cursor)
 
     def validate_agent_name(self, name: str) -> str:
@@ -487,6 +539,8 @@ class Town(TaskOps, LifecycleOps):
         Raises:
             Invalid: a task is not valid (named by its line); nothing was added.
         """
+        from tinytown.bulk import add_tasks
+
         return await add_tasks(self, specs, by=by, progress=progress)
 
     # ----------------------------------------------------------------- messages
@@ -618,6 +672,8 @@ class Town(TaskOps, LifecycleOps):
         Raises:
             Invalid: a bad limit or cursor.
         """
+        from tinytown import roster
+
         return await roster.status(self, limit=limit, cursor=cursor)
 
     async def history(self, count: int = 20) -> list[Event]:
@@ -642,6 +698,8 @@ class Town(TaskOps, LifecycleOps):
 
     async def reset(self) -> int:
         """Delete every key of this town (SCAN, never KEYS); the conductor is recreated."""
+        from tinytown.topology import scan_town
+
         deleted = 0
         async with wrap_redis_errors():
             found = await scan_town(self.redis, self.keys.seq, self.keys.match_all)

@@ -16,9 +16,8 @@ from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from tinytown.errors import NotFound
-from tinytown.models import MAX_RECEIVE_TIMEOUT_S
+from tinytown.models import DEFAULT_AGENT_PAGE, MAX_AGENT_PAGE, MAX_RECEIVE_TIMEOUT_S
 from tinytown.prompting import unwrap
-from tinytown.roster import DEFAULT_AGENT_PAGE, MAX_AGENT_PAGE
 from tinytown.tasks import MAX_PAGE, MAX_TAG_LEN, MAX_TAGS
 from tinytown.town import MAX_BATCH
 from tinytown_mcp.adapter import Session, ToolContext, answer
