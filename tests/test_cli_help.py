@@ -27,28 +27,57 @@ RENDER_ALL = textwrap.dedent(
             if not getattr(sub, "hidden", False):
                 yield from paths(sub, prefix + [name])
 
-    out = {}
-    for path in paths(command(), []):
+    def render(cmd, path):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             try:
-                command().main([*path, "--help"], prog_name="tt", standalone_mode=False)
+                cmd.main([*path, "--help"], prog_name="tt", standalone_mode=False)
             except SystemExit:
                 pass
-        out[" ".join(path)] = buf.getvalue()
-    print(json.dumps(out))
+        return buf.getvalue()
+
+    whole, alone = {}, {}
+    for path in paths(command(), []):
+        whole[" ".join(path)] = render(command(), path)
+        # as `tt` runs it: the tree built for this command line only
+        alone[" ".join(path)] = render(command([*path, "--help"]), path)
+    print(json.dumps({"whole": whole, "alone": alone}))
     """
 )
 
 
 @functools.cache
-def render_every_help() -> dict[str, str]:
-    """{command path: its help text}, for every visible command and group of `tt`."""
+def render_helps() -> dict[str, dict[str, str]]:
+    """{"whole": {command path: its help text}, "alone": the same, each from the tree `tt`
+    builds for that command line}, for every visible command and group of `tt`."""
     done = subprocess.run([sys.executable, "-c", RENDER_ALL], env=clean_env(), capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    helps: dict[str, str] = json.loads(done.stdout)
+    helps: dict[str, dict[str, str]] = json.loads(done.stdout)
     return helps
+
+
+def render_every_help() -> dict[str, str]:
+    """{command path: its help text}, for every visible command and group of `tt`."""
+    return render_helps()["whole"]
+
+
+def test_tt_builds_only_the_command_it_runs_and_the_whole_tree_for_help_or_a_wrong_name() -> None:
+    from tinytown.cli.main import command
+
+    assert set(command(["send", "bob", "hi"]).commands) == {"send"}
+    assert set(command(["--town", "/x", "backlog", "add", "--file", "-"]).commands) == {"backlog"}
+    assert set(command(["--town=/x", "list"]).commands) == {"list"}
+    whole = set(command().commands)
+    assert {"send", "inbox", "backlog", "mcp", "agent"} <= whole
+    for argv in ([], ["--help"], ["-h", "send"], ["--version"], ["sned", "bob"], ["--town"],
+                 ["list-agents"]):  # (the function behind `tt list`)
+        assert set(command(argv).commands) == whole, argv
+
+
+def test_a_command_built_alone_has_the_help_it_has_in_the_whole_tree() -> None:
+    helps = render_helps()
+    assert helps["alone"] == helps["whole"]
 
 
 def test_every_commands_help_shows_names_not_typer_type_tags() -> None:

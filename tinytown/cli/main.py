@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -26,16 +28,50 @@ from tinytown.cli.help import tidy
 from tinytown.masking import mask_log_handlers, scrub
 
 
-def command() -> Any:
-    """The ``tt`` command tree, its help tidied (:mod:`tinytown.cli.help`)."""
+def command(argv: Sequence[str] | None = None) -> Any:
+    """The ``tt`` command tree, its help tidied (:mod:`tinytown.cli.help`).
+
+    Given the command line (``argv``), only the command it names is built, under the same
+    root: building all ~50 commands for every ``tt send`` was a tenth of its start-up
+    (bench/cli_startup.py).  No command, ``--help`` or ``--version`` first, or a name that
+    is not a command gets the whole tree, so help and "No such command" read as ever.
+    """
+    name = _named_command(argv) if argv is not None else None
+    if name is not None:
+        tree = copy.copy(app)  # the same root (callback, settings) holding one command
+        tree.registered_commands = [c for c in app.registered_commands if _name_of(c) == name]
+        tree.registered_groups = [g for g in app.registered_groups if g.name == name]
+        if tree.registered_commands or tree.registered_groups:
+            built = typer.main.get_command(tree)
+            if name in getattr(built, "commands", {}):
+                return tidy(built)
     return tidy(typer.main.get_command(app))
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command ``tt ARGV`` runs: the first word after the root's options (``--town``
+    and its value); ``None`` when anything else comes first."""
+    words = iter(argv)
+    for word in words:
+        if word == "--town":
+            next(words, None)
+        elif not word.startswith("--town="):
+            return None if word.startswith("-") else word
+    return None
+
+
+def _name_of(info: Any) -> str | None:
+    """A registered command's name: given, else Typer's, from its function's name."""
+    if info.name:
+        return str(info.name)
+    return info.callback.__name__.lower().replace("_", "-") if info.callback else None
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mask_log_handlers()
     try:
-        command()(prog_name="tt")
+        command(sys.argv[1:])(prog_name="tt")
     except KeyboardInterrupt:
         sys.stderr.write("tt: interrupted\n")
         sys.exit(130)
