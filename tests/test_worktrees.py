@@ -189,6 +189,35 @@ async def test_merge_refuses_a_dirty_checkout_and_changes_nothing(tt_env: dict[s
     assert (root / "notes.txt").read_text() == "my own edit\n"
 
 
+async def test_a_merged_or_discarded_task_is_refused_by_merge_and_discard_with_what_happened_to_it(
+    tt_env: dict[str, str],
+) -> None:
+    """Merging twice would record another merge commit, and a discarded task's branch is
+    gone: both are refused naming what happened, not with git's text (a deleted branch
+    used to come back as "conflicts in merge: … not something we can merge")."""
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    make_repository(root)
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("kit", cli="editor", worktree=True)
+        kept = (await town.get_task(await finish(town, "write a.txt: kept", "kit"))).number
+        dropped = (await town.get_task(await finish(town, "write b.txt: dropped", "kit"))).number
+    assert tt(tt_env, "merge", f"#{kept}").returncode == 0
+    head = git(root, "rev-parse", "HEAD").strip()
+    again = tt(tt_env, "merge", f"#{kept}")
+    assert again.returncode == 1, again.stdout
+    assert again.stderr == (f"tt: conflict: task #{kept} was merged into main already "
+                            f"(merge commit {head[:10]}); nothing to do\n")
+    assert json.loads(tt(tt_env, "task", "show", f"#{kept}", "--json").stdout)["merge_commit"] == head
+
+    assert tt(tt_env, "discard", f"#{dropped}").returncode == 0
+    for action in ("merge", "discard", "review"):
+        refused = tt(tt_env, action, f"#{dropped}")
+        assert refused.returncode == 1, refused.stdout
+        assert refused.stderr == (f"tt: conflict: cannot {action} task #{dropped}: its change was "
+                                  f"discarded and its branch tt/kit/{dropped} deleted\n")
+    assert git(root, "rev-parse", "HEAD").strip() == head
+
+
 async def test_a_worktree_agent_in_a_town_outside_git_is_refused_and_nothing_is_registered(
     tt_env: dict[str, str],
 ) -> None:

@@ -286,9 +286,11 @@ class Worktrees:
         """The task's change: ``git diff --stat`` and the diff, ``base...head`` of its branch.
 
         Raises:
-            NotFound: no such task.  Invalid: the task has no branch.
+            NotFound: no such task.  Invalid: the task has no branch.  Conflict: its change
+                was discarded (the branch is gone).
         """
         task = await self._task_with_branch(ref)
+        self._refuse_discarded(task, "review")
         repo = await anyio.to_thread.run_sync(self.repository)
         span = f"{task.base}...{task.branch}"
         stat = await anyio.to_thread.run_sync(lambda: git(repo, "diff", "--stat", span))
@@ -301,9 +303,15 @@ class Worktrees:
 
         Raises:
             Conflict: the checkout has uncommitted changes (nothing done), or the merge
-                conflicts (aborted: the checkout is as it was; the message names the files).
+                conflicts (aborted: the checkout is as it was; the message names the files),
+                or the task was merged or discarded already.
         """
         task = await self._task_with_branch(ref)
+        self._refuse_discarded(task, "merge")
+        if task.merged_into:
+            commit = (task.merge_commit or "")[:10]
+            raise Conflict(f"task {task.ref} was merged into {task.merged_into} already (merge commit "
+                           f"{commit}); nothing to do")
         fields = await anyio.to_thread.run_sync(self._merge, task, squash)
         fields["merged_by"] = by
         task = await self._record(task, fields)
@@ -338,8 +346,13 @@ class Worktrees:
 
     async def discard(self, ref: str) -> Task:
         """Delete the task's branch (``discarded`` on the task); the agent's worktree goes too
-        when the agent is gone."""
+        when the agent is gone.
+
+        Raises:
+            Conflict: the task's change was discarded already.
+        """
         task = await self._task_with_branch(ref)
+        self._refuse_discarded(task, "discard")
         await anyio.to_thread.run_sync(self._discard, task)
         assert task.branch is not None
         agent = task.branch.split("/")[1]
@@ -364,6 +377,13 @@ class Worktrees:
         if not task.branch:
             raise Invalid(f"task {task.ref} has no branch: its agent did not work in a worktree")
         return task
+
+    @staticmethod
+    def _refuse_discarded(task: Task, action: str) -> None:
+        """A discarded task's branch is deleted: say so, instead of git's error about it."""
+        if task.discarded:
+            raise Conflict(f"cannot {action} task {task.ref}: its change was discarded and its branch "
+                           f"{task.branch} deleted")
 
     async def _record(self, task: Task, fields: dict[str, Any]) -> Task:
         """Write ``fields`` onto the task record (only those) and return the task as read."""
