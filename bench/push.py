@@ -21,52 +21,20 @@ send waking a blocked ``receive`` of a session without push (the pull path).  Go
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# Run as a script, this file's directory comes first on sys.path, where "mcp" would be
-# bench/mcp.py rather than the MCP SDK.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(ROOT))
+import _harness as harness  # first: puts the repository, not bench/, on sys.path
+import anyio
+from mcp.client import Client
+from mcp.client.extension import ClientExtension, NotificationBinding
+from pydantic import BaseModel
 
-import anyio  # noqa: E402
-import httpx2  # noqa: E402
-from anyio.streams.buffered import BufferedByteReceiveStream  # noqa: E402
-from mcp.client import Client  # noqa: E402
-from mcp.client.extension import ClientExtension, NotificationBinding  # noqa: E402
-from mcp.client.stdio import StdioServerParameters  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
+from tinytown.mcp_config import with_push
+from tinytown.town import Town
 
-from tinytown.config import TownPaths  # noqa: E402
-from tinytown.mcp_config import with_push  # noqa: E402
-from tinytown.redis_server import ManagedRedis  # noqa: E402
-from tinytown.town import Town  # noqa: E402
-
-SCRIPT = Path(sys.executable).parent / "tinytown-mcp"
-ECHO_SERVER = """
-from mcp.server.mcpserver import MCPServer
-
-server = MCPServer("echo")
-
-@server.tool()
-def echo(text: str) -> str:
-    \"\"\"Return the text.\"\"\"
-    return text
-
-server.run()
-"""
-BODY = "benchmark message " * 4
 GAP_S = 0.005
 WARMUP = 10
 
@@ -103,40 +71,16 @@ class Arrivals(ClientExtension):
         return self.at[message_id]
 
 
-def town_params(root: Path, agent: str, *extra: str) -> StdioServerParameters:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TINYTOWN_AGENT")}
-    return StdioServerParameters(
-        command=str(SCRIPT),
-        args=["--town", str(root), "--agent", agent, "--log-level", "WARNING", *extra], env=env,
-    )
-
-
-@asynccontextmanager
-async def opened_town(root: Path) -> AsyncIterator[Town]:
-    town = await Town.open(root)
-    try:
-        yield town
-    finally:
-        await town.close()
-
-
 async def bench_echo(n: int) -> list[float]:
-    params = StdioServerParameters(command=sys.executable, args=["-c", ECHO_SERVER], env=dict(os.environ))
-    samples = []
-    async with Client(params, mode="legacy") as echo:
-        for i in range(n + WARMUP):
-            start = time.perf_counter()
-            result = await echo.call_tool("echo", {"text": BODY})
-            assert not result.is_error
-            if i >= WARMUP:
-                samples.append(time.perf_counter() - start)
-    return samples
+    async with Client(harness.echo_params(), mode="legacy") as echo:
+        return await harness.timed_calls(harness.tool_call(echo, "echo", {"text": harness.BODY}), n,
+                                         warmup=WARMUP)
 
 
 async def bench_push(root: Path, n: int) -> list[float]:
     arrivals = Arrivals()
-    async with opened_town(root) as town, Client(
-        town_params(root, "pushed", "--push"), extensions=[arrivals], mode="legacy"
+    async with harness.opened_town(root) as town, Client(
+        harness.town_params(root, "pushed", "--push"), extensions=[arrivals], mode="legacy"
     ) as client:
         return await timed_pushes(town, client, arrivals, "pushed", n)
 
@@ -147,7 +91,7 @@ async def timed_pushes(town: Town, client: Client, arrivals: Arrivals, agent: st
     for i in range(n + WARMUP):
         await anyio.sleep(GAP_S)  # the feed is back in its BLPOP
         start = time.perf_counter()
-        sent = await town.send("conductor", agent, BODY)
+        sent = await town.send("conductor", agent, harness.BODY)
         arrived = await arrivals.wait_for(sent.message.id)
         if i >= WARMUP:
             samples.append(arrived - start)
@@ -159,27 +103,17 @@ async def timed_pushes(town: Town, client: Client, arrivals: Arrivals, agent: st
 async def bench_push_http(root: Path, n: int) -> list[float]:
     """The same over ``tt serve`` (streamable HTTP, ``?push=1``, the SDK's HTTP client)."""
     arrivals = Arrivals()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TINYTOWN_AGENT")}
-    argv = [str(Path(sys.executable).parent / "tt"), "--town", str(root), "serve", "--port", "0"]
-    async with opened_town(root) as town, await anyio.open_process(argv, env=env) as served:
-        try:
-            assert served.stdout is not None
-            line = (await BufferedByteReceiveStream(served.stdout).receive_until(b"\n", 1000)).decode()
-            url = line.split(" at ", 1)[1].split(" ", 1)[0]
-            token = (await town.tokens.add("pushed-http")).token
-            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                          timeout=httpx2.Timeout(30, read=400)) as http, Client(
-                streamable_http_client(with_push(url), http_client=http), extensions=[arrivals]
-            ) as client:
-                return await timed_pushes(town, client, arrivals, "pushed-http", n)
-        finally:
-            served.terminate()
+    async with harness.opened_town(root) as town, harness.tt_serve(root) as (url, _pid):
+        token = (await town.tokens.add("pushed-http")).token
+        async with harness.http_session(with_push(url), token, extensions=[arrivals]) as client:
+            return await timed_pushes(town, client, arrivals, "pushed-http", n)
 
 
 async def bench_pull(root: Path, n: int) -> list[float]:
     """The same send waking a blocked ``receive`` of a session without push."""
     samples = []
-    async with opened_town(root) as town, Client(town_params(root, "puller"), mode="legacy") as client:
+    puller = harness.town_params(root, "puller")
+    async with harness.opened_town(root) as town, Client(puller, mode="legacy") as client:
         await client.call_tool("receive", {"timeout_s": 0})
         got: dict[str, float] = {}
 
@@ -194,41 +128,24 @@ async def bench_pull(root: Path, n: int) -> list[float]:
                 tg.start_soon(receive)
                 await anyio.sleep(GAP_S * 4)  # the receive reaches its BLPOP
                 start = time.perf_counter()
-                await town.send("conductor", "puller", BODY)
+                await town.send("conductor", "puller", harness.BODY)
             if i >= WARMUP:
                 samples.append(got["at"] - start)
     return samples
 
 
-def ms(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return statistics.median(ordered) * 1000, p99 * 1000
-
-
 def line(label: str, samples: list[float], floor: list[float] | None = None) -> str:
-    p50, p99 = ms(samples)
-    text = f"  {label:<44} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms"
-    if floor is not None:
-        text += f"   ratio p50 {p50 / ms(floor)[0]:5.2f}x"
-    return text
+    return harness.line(label, samples, floor, width=44)
 
 
 async def main(sends: int, calls: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="tt-bench-push-") as tmp:
-        root = Path(tmp)
-        (root / "tinytown.toml").write_text('name = "bench-push"\n')
-        managed = ManagedRedis(TownPaths(root).runtime)
-        managed.ensure_running()
-        try:
-            echo = await bench_echo(calls)
-            pushed = await bench_push(root, sends)
-            pushed_http = await bench_push_http(root, sends)
-            pulled = await bench_pull(root, sends)
-        finally:
-            managed.stop()
-    print(f"Push benchmark (python {sys.version.split()[0]}, {os.cpu_count()} CPUs, stdio and HTTP, "
-          f"managed redis-server on a unix socket)")
+    with harness.managed_town("push") as root:
+        echo = await bench_echo(calls)
+        pushed = await bench_push(root, sends)
+        pushed_http = await bench_push_http(root, sends)
+        pulled = await bench_pull(root, sends)
+    ms = harness.ms
+    print(f"Push benchmark ({harness.machine()}, stdio and HTTP, managed redis-server on a unix socket)")
     print(line("echo tool call (bare MCPServer)", echo))
     print(line("Town.send -> blocked receive returns", pulled, echo))
     p50 = ms(pushed)[0]
@@ -241,9 +158,7 @@ async def main(sends: int, calls: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = harness.arguments(__doc__)
     parser.add_argument("--sends", type=int, default=100)
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
