@@ -10,6 +10,7 @@ import sys
 import pytest
 from test_cli import LineReader, one_error_line, register, tt, tt_ok
 
+from tinytown.errors import Invalid
 from tinytown.town import Town
 
 
@@ -71,6 +72,17 @@ async def test_history_carries_message_bodies_and_filters_by_agent_task_and_kind
     assert [e.task.result for e in completed if e.task] == ["fixed: a race in the fixture"]
 
 
+@pytest.mark.anyio
+async def test_a_history_kind_that_can_match_nothing_is_refused_naming_what_can(town: Town) -> None:
+    """A typo (``querry``, ``tasks``) used to filter everything away and exit 0."""
+    for typo in ("querry", "tasks", "bogus.failed", "task.", "task.fa iled"):
+        with pytest.raises(Invalid, match=r"neither a message kind \(task, query, .*\), an event "
+                                          r"family \(agent, message, task, token\)"):
+            await town.conversation.filter(kind=typo)
+    for kind in ("QUERY", "task_done", "agent", "token", "task.failed", "agent.order_done"):
+        await town.conversation.filter(kind=kind)
+
+
 @pytest.mark.e2e
 def test_tt_history_shows_bodies_in_short_lines_filters_and_follows(
     tt_env: dict[str, str], redis_socket: str, town_name: str
@@ -100,6 +112,7 @@ def test_tt_history_shows_bodies_in_short_lines_filters_and_follows(
     assert [e["message"]["body"] for e in full] == [long_body]
     assert full[0]["data"]["from"] == "alice"
     one_error_line(tt("history", "--task", "#9", env=tt_env), "tt: not_found: ")
+    one_error_line(tt("history", "--kind", "querry", env=tt_env), "tt: invalid: kind 'querry' is neither")
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinytown.cli.main", "history", "--follow", "-n", "1",

@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from tinytown.errors import translate_redis_error, wrap_redis_errors
-from tinytown.models import BROADCAST, Event, Message, Task, normalise_agent_name
+from tinytown.errors import Invalid, translate_redis_error, wrap_redis_errors
+from tinytown.models import BROADCAST, Event, Message, MessageKind, Task, normalise_agent_name
 
 if TYPE_CHECKING:
     from tinytown.town import Town
 
 SCAN_PAGE = 500
 MAX_HISTORY = 10_000
+#: The families of event types (``task.completed``, ``agent.idle``, ``message.sent``, …).
+EVENT_FAMILIES = ("agent", "message", "task", "token")
 
 
 class HistoryEntry(Event):
@@ -74,6 +76,15 @@ class HistoryFilter:
         return True
 
 
+def known_kind(kind: str) -> bool:
+    """Whether a history filter's ``kind`` can match anything: a message kind, an event
+    family, or a type of a family (``task.failed``)."""
+    family, dot, rest = kind.partition(".")
+    if not dot:
+        return kind in EVENT_FAMILIES or kind in set(MessageKind)
+    return family in EVENT_FAMILIES and rest.replace("_", "").isalpha()
+
+
 class Conversation:
     """Reading the conversation of one town (see the module docstring)."""
 
@@ -87,12 +98,18 @@ class Conversation:
 
         Raises:
             NotFound / Invalid: the task reference names no task, or several.
+            Invalid: the kind is neither a message kind, an event family nor an event
+                type of one (a typo would otherwise match nothing, silently).
         """
+        kind = kind.strip().lower() if kind else None
+        if kind is not None and not known_kind(kind):
+            raise Invalid(f"kind {kind!r} is neither a message kind ({', '.join(MessageKind)}), an "
+                          f"event family ({', '.join(EVENT_FAMILIES)}) nor an event type (task.failed)")
         task_id = await self.town.resolve_task(task) if task is not None else None
         return HistoryFilter(
             agent=normalise_agent_name(agent) if agent is not None else None,
             task_id=task_id,
-            kind=kind.strip().lower() if kind else None,
+            kind=kind,
         )
 
     async def history(self, count: int = 20, flt: HistoryFilter | None = None) -> list[HistoryEntry]:
