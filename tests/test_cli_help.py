@@ -91,6 +91,16 @@ def test_every_commands_help_shows_names_not_typer_type_tags() -> None:
         assert "{" not in usage, f"`tt {path} --help` shows an argument in braces: {usage}"
 
 
+def test_every_command_but_the_two_servers_offers_json() -> None:
+    """The README: "Every command takes `--json`" (`tt dashboard` and `tt serve` run until
+    Ctrl-C and print only their address)."""
+    helps = render_every_help()
+    commands = {path: text for path, text in helps.items() if path and "Commands" not in text}
+    assert {"send", "mcp hooks", "task show", "token add"} <= set(commands)
+    without = sorted(path for path, text in commands.items() if "--json" not in text)
+    assert without == ["dashboard", "serve"], without
+
+
 def test_square_brackets_in_help_are_shown_not_taken_for_markup() -> None:
     helps = render_every_help()
     assert "[agent_clis.NAME]" in helps["spawn"]

@@ -164,3 +164,8 @@ def test_tt_mcp_hooks_prints_the_claude_code_hooks_to_merge(tmp_path: Path) -> N
     assert "tt prime" in hooks["SessionStart"][0]["hooks"][0]["command"]
     assert "tt inbox --count" in hooks["UserPromptSubmit"][0]["hooks"][0]["command"]
     assert ".claude/settings.json" in done.stderr
+    as_json = subprocess.run([sys.executable, "-m", "tinytown.cli.main", "mcp", "hooks", "--json"],
+                             cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+                             check=False)  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr  # every command takes --json
+    assert json.loads(as_json.stdout) == json.loads(done.stdout) and as_json.stderr == ""

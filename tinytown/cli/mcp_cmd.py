@@ -80,15 +80,18 @@ def config(
 
 
 @mcp_app.command("hooks")
-def hooks() -> None:
+def hooks(json_out: JsonOption = False) -> None:
     """Print the Claude Code hooks that keep a window you opened aware of the town: `tt prime`
     at session start and after compaction, waiting mail before each prompt. Merge them into
     .claude/settings.json (or settings.local.json) and start the window as
     TINYTOWN_AGENT=NAME claude."""
     from tinytown.config import example_text
 
+    # The hooks are JSON already; --json is accepted like on every command (same output).
     typer.echo(example_text("claude-code-hooks.json"), nl=False)
-    typer.echo("# merge into .claude/settings.json; start the window as TINYTOWN_AGENT=NAME claude", err=True)
+    if not json_out:
+        typer.echo("# merge into .claude/settings.json; start the window as TINYTOWN_AGENT=NAME claude",
+                   err=True)
 
 
 def _http_config(
