@@ -102,7 +102,10 @@ async def test_random_arguments_get_a_success_or_a_coded_error(real_town: Town, 
             with anyio.fail_after(10):
                 return await client.call_tool(tool, args)
 
-        @settings(max_examples=40, deadline=None, database=None,
+        # derandomize: the same 40 examples every run.  Drawn afresh each run, the check below
+        # failed about once in 100 runs of kill_agent (its first, simplest example is refused,
+        # and ~1 in 9 of the others reaches the Town) although nothing was wrong.
+        @settings(max_examples=40, deadline=None, database=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow])
         @given(args=arguments(schema, words))
         def property_holds(args: dict[str, Any]) -> None:
