@@ -153,6 +153,13 @@ def test_tt_init_example_prints_the_annotated_tinytown_toml_without_a_checkout(t
     assert done.stdout == (CONFIGS / "tinytown.toml").read_text()
     assert parse_config(tomllib.loads(done.stdout)).name == "my-town"
     assert list(tmp_path.iterdir()) == []  # it creates nothing
+    as_json = subprocess.run([sys.executable, "-m", "tinytown.cli.main", "init", "--example", "--json"],
+                             cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+                             check=False)  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr  # JSON, not the TOML text --json was ignored for
+    shown = json.loads(as_json.stdout)
+    assert (shown["file"], shown["text"]) == ("tinytown.toml", done.stdout)
+    assert parse_config(shown["values"]).name == "my-town"
 
 
 def test_tt_mcp_hooks_prints_the_claude_code_hooks_to_merge(tmp_path: Path) -> None:

@@ -265,6 +265,8 @@ def test_tt_plan_dry_run_prints_the_start_order_and_the_plan_creates_every_task(
     register(redis_socket, town_name, "bob", "alice")
     example = tt("plan", "--example", env=tt_env)
     assert example.returncode == 0 and len(parse_plan(example.stdout)) == 5, example.stderr
+    shown = tt_ok("plan", "--example", env=tt_env)  # JSON, not the TOML text
+    assert shown["text"] == example.stdout and len(shown["values"]["tasks"]) == 5
     plan_file = tmp_path / "plan.toml"
     plan_file.write_text(PLAN)
     dry = tt("plan", str(plan_file), "--dry-run", env=tt_env)

@@ -128,6 +128,17 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def print_example(name: str, text: str, json_out: bool) -> None:
+    """An annotated example file as it is, or with --json as ``{"file", "text", "values"}``
+    (``values``: the file parsed, what its keys are set to)."""
+    if not json_out:
+        sys.stdout.write(text)
+        return
+    import tomllib
+
+    print_json({"file": name, "text": text, "values": tomllib.loads(text)})
+
+
 def is_terminal() -> bool:
     return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
 

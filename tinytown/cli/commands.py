@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run, run_plain, state
+from tinytown.cli.app import JsonOption, app, fail, identity, print_example, print_json, run, run_plain, state
 from tinytown.models import CONDUCTOR
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def init(
     if example:
         from tinytown.config import example_config
 
-        typer.echo(example_config(), nl=False)
+        print_example("tinytown.toml", example_config(), json_out)
         return
 
     from tinytown.config import TownPaths, init_town

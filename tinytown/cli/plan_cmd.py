@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tinytown.cli.app import JsonOption, app, fail, identity, print_json, run
+from tinytown.cli.app import JsonOption, app, fail, identity, print_example, print_json, run
 from tinytown.cli.commands import backlog_app
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def plan(
     if example:
         from tinytown.config import example_text
 
-        typer.echo(example_text("plan.example.toml"), nl=False)
+        print_example("plan.example.toml", example_text("plan.example.toml"), json_out)
         return
     if file is None:
         fail(Invalid("name the plan file (tt plan FILE); `tt plan --example` prints one"))
