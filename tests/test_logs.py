@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,14 +46,22 @@ async def test_tt_logs_shows_rounds_follows_them_and_a_crashed_rounds_log_surviv
             [sys.executable, "-m", "tinytown.cli.main", "logs", "ivy", "--follow"],
             env=tt_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
+        as_json = subprocess.Popen(  # one JSON line per piece of output (was an AssertionError)
+            [sys.executable, "-m", "tinytown.cli.main", "logs", "ivy", "--follow", "--json"],
+            env=tt_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
         try:
             reader = LineReader(follower)
+            json_reader = LineReader(as_json)
             after = await town.channel.last_event_id()
             await town.assign("sleep on it", agent="ivy")
             await next_event(town, after, lambda e: e.type == "task.started")
             first_pid = wait_for_line(logs / "ivy.round-1.log", "pid ")
             assert reader.line(30).startswith("=== ivy round 1 (")
             assert reader.line(30) == first_pid
+            piece = json.loads(json_reader.line(30))
+            assert (piece["agent"], piece["round"], piece["text"]) == ("ivy", 1, first_pid + "\n")
+            assert piece["path"] == str(logs / "ivy.round-1.log")
 
             assert agent.pid is not None
             os.killpg(agent.pid, signal.SIGKILL)  # the runner dies mid-round, its round with it
@@ -62,9 +71,12 @@ async def test_tt_logs_shows_rounds_follows_them_and_a_crashed_rounds_log_surviv
             second_pid = wait_for_line(logs / "ivy.round-2.log", "pid ", 60)
             assert reader.line(30).startswith("=== ivy round 2 (")
             assert reader.line(30) == second_pid
+            piece = json.loads(json_reader.line(30))
+            assert (piece["round"], piece["text"]) == (2, second_pid + "\n")
         finally:
-            follower.kill()
-            follower.wait()
+            for process in (follower, as_json):
+                process.kill()
+                process.wait()
 
         assert second_pid != first_pid
         assert (logs / "ivy.round-1.log").read_text().strip() == first_pid  # not overwritten

@@ -6,6 +6,7 @@ town's event stream (every round start and end is an event) and at least once a 
 never by sleeping.
 """
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -44,14 +45,14 @@ def logs(
         from tinytown.roundlog import choose_round
 
         choice = await choose_round(town, agent, round_number, none_yet_ok=follow)
-        if json_out:
+        if json_out and not follow:
             assert choice.path is not None
             print_json({"agent": choice.agent, "round": choice.round, "path": str(choice.path),
                         "rounds": list(choice.rounds),
                         "text": choice.path.read_bytes().decode("utf-8", errors="replace")})
             return
         await _show(town, choice.paths, choice.agent, choice.round, follow=follow,
-                    only=round_number is not None)
+                    only=round_number is not None, json_lines=json_out)
 
     try:
         run(ctx, go)
@@ -59,17 +60,28 @@ def logs(
         raise typer.Exit(0) from None
 
 
-async def _show(town: "Town", paths: "TownPaths", name: str, first: int, *, follow: bool, only: bool) -> None:
+async def _show(town: "Town", paths: "TownPaths", name: str, first: int, *, follow: bool, only: bool,
+                json_lines: bool = False) -> None:
     """Print round ``first`` (0: wait for the first round); with ``follow``, keep printing
-    what is appended and, unless ``only``, each newer round as it starts."""
+    what is appended and, unless ``only``, each newer round as it starts.  ``json_lines``:
+    each piece of output as one JSON line ``{"agent", "round", "path", "text"}`` instead of
+    the text under a header per round."""
     from tinytown.processes import round_logs
     from tinytown.roundlog import LogTail, newest_round
+
+    def show(number: int, path: Path, text: str, *, starts: bool = False) -> None:
+        if json_lines:
+            if text:
+                _write(json.dumps({"agent": name, "round": number, "path": str(path), "text": text}) + "\n")
+            return
+        if starts:
+            _write(f"=== {name} round {number} ({path}) ===\n")
+        _write(text)
 
     current = first
     tail = LogTail(round_logs(paths, name)[current]) if current else None
     if tail is not None:
-        _header(name, current, tail.path)
-        _write(tail.read())
+        show(current, tail.path, tail.read(), starts=True)
     if not follow:
         return
     last = await town.last_event_id()
@@ -78,21 +90,16 @@ async def _show(town: "Town", paths: "TownPaths", name: str, first: int, *, foll
         if events:
             last = events[-1].id
         if tail is not None:
-            _write(tail.read())
+            show(current, tail.path, tail.read())
         if only:
             continue
         newest = newest_round(paths, name)
         if newest > current:
             if tail is not None:
-                _write(tail.read())
+                show(current, tail.path, tail.read())
             current = newest
             tail = LogTail(round_logs(paths, name)[current])
-            _header(name, current, tail.path)
-            _write(tail.read())
-
-
-def _header(name: str, number: int, path: Path) -> None:
-    _write(f"=== {name} round {number} ({path}) ===\n")
+            show(current, tail.path, tail.read(), starts=True)
 
 
 def _write(text: str) -> None:
