@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -68,6 +70,12 @@ def _name_of(info: Any) -> str | None:
 
 
 def main() -> None:
+    # At exit the interpreter's last garbage collections walk every object the libraries
+    # made (pydantic's schemas, Typer, redis-py): ~40 ms CPU, a fifth of a `tt send`, for
+    # memory the process is about to give back.  Objects alive then are frozen out of those
+    # collections; everything else of an exit happens as ever (atexit handlers, logging's
+    # flush, streams flushed and closed, modules cleared).
+    atexit.register(gc.freeze)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mask_log_handlers()
     try:
