@@ -270,6 +270,25 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1_and_usage_errors_exit_2(
     assert tt("send", "bob", "hi", "--urgent", "--priority", "low", env=tt_env).returncode == 2
 
 
+def test_text_that_is_not_utf8_is_refused_in_one_line_naming_where_it_came_from(
+    tt_env: dict[str, str], redis_socket: str, town_name: str
+) -> None:
+    """Bytes that are not UTF-8 (an argument from a Latin-1 file, a pipe) reach Python as
+    lone surrogates, which used to end in "unexpected error: UnicodeEncodeError"."""
+    register(redis_socket, town_name, "bob")
+    argv = [sys.executable, "-m", "tinytown.cli.main"]
+    sent = subprocess.run([*argv, "send", "bob", b"caf\xe9"], env=tt_env, capture_output=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert sent.returncode == 2 and sent.stdout == b"", sent.stderr
+    assert sent.stderr == (b"tt: invalid: argument 3 (caf\\xe9) is not valid UTF-8; "
+                           b"Tinytown keeps text as UTF-8\n")
+    piped = subprocess.run([*argv, "backlog", "add", "--file", "-"], input=b"fine\ncaf\xe9\n", env=tt_env,
+                           capture_output=True, timeout=60, check=False)  # fmt: skip
+    assert piped.returncode == 1 and piped.stdout == b"", piped.stderr
+    assert piped.stderr.startswith(b"tt: invalid: cannot read stdin: 'utf-8' codec can't decode byte 0xe9")
+    assert tt("tasks", "--json", env=tt_env).stdout.count('"id"') == 0  # nothing was added
+
+
 # What `tt send` and `tt inbox --count` (a prompt hook's every turn) never need: the MCP SDK,
 # the Town's other services and the managed server's code (the town's Redis is a URL here).
 # Importing them was a large part of `tt`'s start-up (bench/cli_startup.py); the Town makes

@@ -26,12 +26,12 @@ def add_from_file(
     if file is None or description is not None:
         fail(Invalid("give a description, or --file FILE (not both)"))
     try:
-        if file == "-":
-            lines = sys.stdin.read().splitlines()
+        if file == "-":  # bytes, decoded strictly: the text stream would pass bad bytes on as surrogates
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
         else:
             lines = Path(file).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        fail(Invalid(f"cannot read {file}: {exc}"))
+        fail(Invalid(f"cannot read {'stdin' if file == '-' else file}: {exc}"))
     try:
         specs = parse_task_lines(lines)
     except Invalid as exc:

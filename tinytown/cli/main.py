@@ -78,6 +78,14 @@ def main() -> None:
     atexit.register(gc.freeze)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mask_log_handlers()
+    for number, arg in enumerate(sys.argv[1:], 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as lone surrogates
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            sys.stderr.write(f"tt: invalid: argument {number} ({shown}) is not valid UTF-8; "
+                             "Tinytown keeps text as UTF-8\n")
+            sys.exit(2)
     try:
         command(sys.argv[1:])(prog_name="tt")
     except KeyboardInterrupt:
