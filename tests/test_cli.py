@@ -196,6 +196,10 @@ def test_status_watch_shows_the_conductors_inbox_and_leaves_it_unread(
 def test_a_broadcast_says_how_many_copies_it_made_in_plain_words(
     tt_env: dict[str, str], redis_socket: str, town_name: str
 ) -> None:
+    alone = tt("send", "all", "anyone there?", env=tt_env)
+    assert "to all (0 copies) [normal]" in alone.stdout, alone.stderr
+    history = tt("history", env=tt_env).stdout  # not "no longer stored": it never was
+    assert "conductor → all  info: (no live agent got a copy, so it was not stored)" in history, history
     register(redis_socket, town_name, "bob")
     done = tt("send", "all", "standup in 5", env=tt_env)
     assert done.returncode == 0, done.stderr

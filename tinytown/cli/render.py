@@ -352,7 +352,9 @@ def _event_lines(entry: HistoryEntry, width: int) -> list[str]:
         if entry.message is not None:
             return message_lines(entry.message, width, ref)
         head = f"{stamp}{data.get('from', '?')} → {data.get('to', '?')}  {data.get('kind', '')}"
-        return [f"{head}{' ' + ref if ref else ''}: (the message is no longer stored)"]
+        why = ("no live agent got a copy, so it was not stored" if data.get("copies") == 0
+               else "the message is no longer stored")
+        return [f"{head}{' ' + ref if ref else ''}: ({why})"]
     if kind == "task.created":
         what = f": {one_line(task.description)}" if task else ""
         return [f"{stamp}{actor} created task {ref} [{data.get('priority', 'normal')}]{what}"]
