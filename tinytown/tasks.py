@@ -472,11 +472,11 @@ class TaskOps:
             await self._authorise(task, caller, target)
             if target not in TASK_MOVES[task.state]:
                 raise Conflict(
-                    f"task {task.id} is {task.state.value}; it cannot become {target.value}"
+                    f"task {task.ref} is {task.state.value}; it cannot become {target.value}"
                 )
             if attempt is not None and attempt != task.attempt:
                 raise Conflict(
-                    f"task {task.id} is on attempt {task.attempt}; this report is for attempt "
+                    f"task {task.ref} is on attempt {task.attempt}; this report is for attempt "
                     f"{attempt} and was not recorded"
                 )
             now = now_ms()
@@ -566,7 +566,7 @@ class TaskOps:
             former, indexed = await pipe.execute()
         if former is not None or indexed is not None:
             raise Conflict(
-                f"task {task.id} was reassigned (attempt {task.attempt}); your report is late "
+                f"task {task.ref} was reassigned (attempt {task.attempt}); your report is late "
                 "and was not recorded"
             )
         owner = "nobody (it is in the backlog; claim it first)"
@@ -574,7 +574,7 @@ class TaskOps:
             holder = await self._maybe_agent_id(task.assigned_to)
             owner = holder.name if holder else "an agent that is gone"
         raise Forbidden(
-            f"task {task.id} is assigned to {owner}, not to {caller.name}; only its assignee "
+            f"task {task.ref} is assigned to {owner}, not to {caller.name}; only its assignee "
             "or the conductor can finish it"
         )
 
