@@ -8,7 +8,10 @@ interpreter, import Typer, pydantic and redis-py, and LPUSH once.  `tt send` (ru
 It starts its own server (as a town's managed one: the embedded Valkey) on a unix socket in a
 temp dir (never the machine's Redis), makes a town there with ``REDIS_URL`` pointing at it,
 and registers the agent ``bob``.
-It prints medians, p99 and the ratios; it asserts nothing (a benchmark reports).
+It prints medians, p99 and the ratios of the wall time (the target's measure), and the
+median CPU time each process used (user + system) with its ratio: on a busy machine the wall
+times mostly measure waiting for a CPU, the CPU times much less.  It asserts nothing (a
+benchmark reports).
 
     python bench/cli_startup.py [-n 15]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,13 +54,20 @@ async def register(town_dir: Path, *names: str) -> None:
         await town.close()
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def cpu_of_children() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of ``argv``."""
+    cpu = cpu_of_children()
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()}")
-    return elapsed
+    return elapsed, cpu_of_children() - cpu
 
 
 def p99(values: list[float]) -> float:
@@ -97,21 +108,27 @@ def main() -> None:
             for argv in cases.values():  # warm the page cache and write the .pyc files once
                 timed(argv, env)
             results: dict[str, list[float]] = {name: [] for name in cases}
+            cpu: dict[str, list[float]] = {name: [] for name in cases}
             for _ in range(args.n):  # interleaved, so a burst of load hits every case alike
                 for name, argv in cases.items():
-                    results[name].append(timed(argv, env))
+                    wall, used = timed(argv, env)
+                    results[name].append(wall)
+                    cpu[name].append(used)
         finally:
             proc.stop()
 
     floor = statistics.median(next(iter(results.values())))
+    floor_cpu = statistics.median(next(iter(cpu.values())))
     print(
         f"cold-process CLI start-up, n={args.n} each, {time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
-    print(f"{'command':<48} {'median':>9} {'p99':>9} {'ratio':>7}")
+    print(f"{'command':<48} {'median':>9} {'p99':>9} {'ratio':>7} {'cpu':>9} {'ratio':>7}")
     for name, runs in results.items():
         median = statistics.median(runs)
-        print(f"{name:<48} {median * 1000:7.1f}ms {p99(runs) * 1000:7.1f}ms {median / floor:6.2f}x")
+        used = statistics.median(cpu[name])
+        print(f"{name:<48} {median * 1000:7.1f}ms {p99(runs) * 1000:7.1f}ms {median / floor:6.2f}x "
+              f"{used * 1000:7.1f}ms {used / floor_cpu:6.2f}x")
 
 
 if __name__ == "__main__":
