@@ -29,12 +29,14 @@ def _pid_of(pidfile: Path) -> int:
     return int(pidfile.read_text().strip())
 
 
-async def _claimer(env: dict[str, str], name: str, workdir: Path, kill_after: set[int],
+async def _claimer(town: Town, env: dict[str, str], name: str, workdir: Path, kill_after: set[int],
                    tally: dict[str, Any], stack: ExitStack) -> None:
     """One agent working the backlog through real ``tinytown-mcp`` sessions: each session
     first finishes whatever its mailbox gives it back, then claims and finishes tasks.  After
     the claims numbered in ``kill_after`` its server is SIGKILLed before the report, and a
-    new session of the same agent starts."""
+    new session of the same agent starts.  A claimer that finds the backlog empty before its
+    last kill adds a task to it: how the claims split between the claimers is a race (one
+    restarting its server falls behind), so a fixed backlog could run dry before claim 65."""
     claims = 0
     devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115 - closed by the stack
     while True:
@@ -51,8 +53,11 @@ async def _claimer(env: dict[str, str], name: str, workdir: Path, kill_after: se
                         tally["given_back"] += 1
                 while True:
                     result = await client.call_tool("claim_task", {})
-                    if result.is_error:
-                        break  # not_found: the backlog is empty
+                    if result.is_error:  # not_found: the backlog is empty
+                        if claims >= max(kill_after):
+                            break
+                        tally["ids"].append((await town.assign(f"more for {name}")).id)
+                        continue
                     task_id = payload(result)["task"]["id"]
                     claims += 1
                     if claims in kill_after:
@@ -74,12 +79,12 @@ async def test_tasks_claimed_by_sessions_sigkilled_mid_task_come_back_and_none_s
     total = 200
     async with open_spawn_town(tt_env) as town:
         ids = [(await town.assign(f"job {n}")).id for n in range(total)]
-        tally: dict[str, Any] = {"kills": 0, "given_back": 0}
+        tally: dict[str, Any] = {"kills": 0, "given_back": 0, "ids": ids}
         kills = {"c1": {5, 30, 55}, "c2": {10, 35, 60}, "c3": {15, 40, 65}}
         with ExitStack() as stack, anyio.fail_after(300):
             async with anyio.create_task_group() as tg:
                 for name, points in kills.items():
-                    tg.start_soon(_claimer, tt_env, name, tmp_path, points, tally, stack)
+                    tg.start_soon(_claimer, town, tt_env, name, tmp_path, points, tally, stack)
         tasks = [await town.get_task(task_id) for task_id in ids]
         stuck = [t.id for t in tasks if t.state in (TaskState.RUNNING, TaskState.ASSIGNED)]
         assert tally["kills"] == 9
