@@ -15,6 +15,7 @@ library: :func:`wrap_redis_errors` turns it into :class:`Unavailable`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -99,6 +100,13 @@ def translate_redis_error(exc: redis.exceptions.RedisError) -> TinytownError:
         detail = "; ".join(f"{t}: {w.strip()}" for t, w in zip(tried, why, strict=False)) or (
             "the Sentinels answered, but none names a primary that is up")
         return Unavailable(f"no Sentinel names a reachable primary of {service} ({detail})")
+    refused_at = re.fullmatch(r"Error (-?\d+) connecting to (.+?)\. (.*?)\.?", str(exc), re.S)
+    if refused_at:  # redis-py's "Error 111 connecting to h:p. Connect call failed ('h', p)."
+        number, where, text = int(refused_at[1]), refused_at[2], refused_at[3]
+        reason = os.strerror(number) if number > 0 else text  # < 0: a resolver error, said in text
+        where = where.replace("unix socket: ", "unix socket ")
+        return Unavailable(f"cannot reach Redis at {where} ({reason[:1].lower()}{reason[1:]}); "
+                           "is it running?")
     return Unavailable(f"cannot reach Redis ({type(exc).__name__}: {exc}); is it running?")
 
 
