@@ -93,8 +93,8 @@ def test_tt_demo_worktree_has_two_agents_change_files_in_parallel_and_merges_bot
     out = done.stdout
     root = Path(re.search(r"town demo in (\S+),", out).group(1))  # type: ignore[union-attr]
     try:
-        assert re.search(r"merged #1 \(tt/alice/1, 1 file\(s\), \+1 -0\) into \S+", out), out
-        assert re.search(r"merged #2 \(tt/bob/2, 1 file\(s\), \+1 -0\) into \S+", out), out
+        assert re.search(r"merged #1 \(tt/alice/1, 1 file, \+1 -0\) into \S+", out), out
+        assert re.search(r"merged #2 \(tt/bob/2, 1 file, \+1 -0\) into \S+", out), out
         assert "2 of 2 tasks completed" in out
         assert (root / "docs" / "alice.md").read_text() == "Alice was here, on her own branch.\n"
         assert (root / "docs" / "bob.md").read_text() == "Bob was here, on his own branch.\n"

@@ -201,6 +201,7 @@ async def test_a_merged_or_discarded_task_is_refused_by_merge_and_discard_with_w
         await town.spawn_agent("kit", cli="editor", worktree=True)
         kept = (await town.get_task(await finish(town, "write a.txt: kept", "kit"))).number
         dropped = (await town.get_task(await finish(town, "write b.txt: dropped", "kit"))).number
+    assert "1 file, +1 -0" in tt(tt_env, "task", "show", f"#{kept}").stdout  # not "1 files"
     assert tt(tt_env, "merge", f"#{kept}").returncode == 0
     head = git(root, "rev-parse", "HEAD").strip()
     again = tt(tt_env, "merge", f"#{kept}")

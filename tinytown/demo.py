@@ -25,7 +25,17 @@ from typing import Any
 
 import anyio
 
-from tinytown.cli.render import STATE_STYLES, Part, Table, one_line, plain, renderable, show, styled
+from tinytown.cli.render import (
+    STATE_STYLES,
+    Part,
+    Table,
+    change_text,
+    one_line,
+    plain,
+    renderable,
+    show,
+    styled,
+)
 from tinytown.config import TownPaths, init_town, load_config
 from tinytown.connect import managed_redis
 from tinytown.models import Event, Task
@@ -201,13 +211,8 @@ async def _merge_all(town: Town, task_ids: list[str], json_out: bool) -> bool:
     for task_id in task_ids:
         task = await town.worktrees.merge(task_id, by="conductor")
         if not json_out:
-            show([f"merged {task.ref} ({task.branch}, {_change(task)}) into {task.merged_into}"])
+            show([f"merged {task.ref} ({task.branch}, {change_text(task.diffstat)}) into {task.merged_into}"])
     return True
-
-
-def _change(task: Task) -> str:
-    stat = task.diffstat or {}
-    return f"{stat.get('files', 0)} file(s), +{stat.get('insertions', 0)} -{stat.get('deletions', 0)}"
 
 
 async def _watch(town: Town, view: View, after: str) -> None:

@@ -163,6 +163,12 @@ def short_id(task_id: str) -> str:
     return task_id[:8]
 
 
+def change_text(diffstat: dict[str, int] | None) -> str:
+    """A branch's diff stat as the dashboard says it: ``1 file, +14 -3``."""
+    stat = diffstat or {}
+    return f"{plural(stat.get('files', 0), 'file')}, +{stat.get('insertions', 0)} -{stat.get('deletions', 0)}"
+
+
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 copy``, ``2 copies``, ``0 messages``."""
     return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
@@ -236,8 +242,7 @@ def task_parts(task: Task) -> list[Part]:
         ("decided_by", task.decided_by.value if task.decided_by else None),
         ("branch", task.branch), ("base", task.base[:10] if task.base else None),
         ("head", task.head[:10] if task.head else None),
-        ("change", (f"{task.diffstat.get('files', 0)} files, +{task.diffstat.get('insertions', 0)} "
-                    f"-{task.diffstat.get('deletions', 0)}") if task.diffstat else None),
+        ("change", change_text(task.diffstat) if task.diffstat else None),
         ("merged", f"by {task.merged_by} into {task.merged_into}" if task.merged_by else None),
         ("discarded", "yes" if task.discarded else None),
     ]  # fmt: skip
