@@ -109,8 +109,10 @@ def test_tt_mcp_config_prints_a_paste_ready_snippet(tt_env: dict[str, str]) -> N
     assert tomllib.loads(shown["config"])["mcp_servers"]["tinytown"]["args"][-1] == "bob"
     bad = tt("mcp", "config", "--client", "emacs", env=tt_env)
     assert bad.returncode == 2 and bad.stderr.startswith("tt: invalid: --client")
-    refused = tt("mcp", "config", "--agent", "all", env=tt_env)
-    assert refused.returncode == 1 and "not an agent name" in refused.stderr
+    refused = tt("mcp", "config", "--agent", "all", env=tt_env)  # it fits the name rule: say why
+    assert refused.returncode == 1 and refused.stderr.startswith("tt: invalid: 'all' names every agent")
+    typo = tt("mcp", "config", "--agent", "Bob/2", env=tt_env)  # as typed, not lower-cased
+    assert typo.returncode == 1 and typo.stderr.startswith("tt: invalid: 'Bob/2' is not an agent name")
 
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -54,8 +54,11 @@ def config(
     if client not in CLIENTS:
         fail(f"invalid: --client must be one of {', '.join(CLIENTS)}, not {client!r}", code=2)
     name = normalise_agent_name(identity(agent))
-    if name != CONDUCTOR and (not AGENT_NAME_RE.match(name) or name == "all"):
-        fail(f"invalid: {name!r} is not an agent name (1-32 of a-z, 0-9, '_', '-', starting with a letter)")
+    if name == "all":
+        fail("invalid: 'all' names every agent (a broadcast); a session is one agent: pick its name")
+    if name != CONDUCTOR and not AGENT_NAME_RE.match(name):
+        fail(f"invalid: {identity(agent)!r} is not an agent name (1-32 of a-z, 0-9, '_', '-', "
+             "starting with a letter)")
     if http is not None:
         _http_config(ctx, client, name, http, token, json_out, push)
         return
