@@ -46,6 +46,11 @@ def test_the_readmes_typical_session_runs_as_written(tmp_path: Path) -> None:
             done = sh(run, timeout=360)
             assert done.returncode == 0, f"{line!r} exited {done.returncode}: {done.stdout}{done.stderr}"
             printed[line.split("  #")[0].strip()] = done.stdout
+        # after the session's kills: rounds and orders read as sentences, not key=value dumps
+        told = sh("tt history -n 100").stdout
+        assert "=" not in told, told
+        assert "alice finished round 1 (exit 0)" in told, told
+        assert "conductor asked bob to stop after its round" in told, told
     finally:
         sh("tt kill alice --now; tt kill bob --now; tt down")
     received = printed["tt receive --timeout 300"]

@@ -385,8 +385,38 @@ def _event_lines(entry: HistoryEntry, width: int) -> list[str]:
         return [f"{stamp}{actor} {kind.removeprefix('agent.')}{cli}"]
     if kind.startswith("agent.") and "previous" in data:
         return [f"{stamp}{actor} is {kind.removeprefix('agent.')} (was {data['previous']})"]
+    said = _plain_event(kind, data, ref)
+    if said is not None:
+        return [f"{stamp}{said}"]
     rest = "  ".join(f"{k}={_short(v)}" for k, v in data.items() if v is not None and k != "task_id")
     return [f"{stamp}{kind}{'  ' + ref if ref else ''}  {rest}".rstrip()]
+
+
+def _plain_event(kind: str, data: dict[str, Any], ref: str) -> str | None:
+    """The line of an event most towns see (a round, an order, a merge), in words; ``None``
+    for the rest, shown as ``type key=value``."""
+    agent = data.get("agent")
+    if kind == "agent.round":
+        return f"{agent} finished round {data.get('round')} (exit {data.get('exit_code')})"
+    if kind == "agent.order":
+        when = "now (cutting its round off)" if data.get("now") else "after its round"
+        return f"{data.get('by')} asked {agent} to {data.get('action')} {when}"
+    if kind == "agent.order_seen":
+        during = f" during round {data['round']}" if data.get("round") else ""
+        return f"{agent} saw the order{during}"
+    if kind == "agent.order_done":
+        return f"{agent} carried out the order (outcome: {data.get('outcome')})"
+    if kind == "agent.pruned":
+        return f"{agent} was pruned"
+    if kind == "task.merged":
+        return f"{agent} merged task {ref} ({data.get('branch')}) into {data.get('into')}"
+    if kind == "task.given_back":
+        return f"task {ref} given back to {agent}'s next session (attempt {data.get('attempt')})"
+    if kind == "token.added":
+        return f"a token for {agent} was added"
+    if kind == "token.revoked":
+        return f"{plural(int(data.get('count') or 0), 'token')} of {agent} revoked"
+    return None
 
 
 def thread_parts(thread: TaskThread, width: int) -> list[Part]:
