@@ -169,13 +169,28 @@ async def test_recover_leaves_live_agents_alone_and_can_hand_tasks_to_an_agent(
         after = await town.channel.last_event_id()
         report = await town.recover(to="heir")
         assert report.stopped == ["ghost"]
-        assert report.reclaimed == [{"task_id": task.id, "from": "ghost", "to": "heir"}]
+        assert report.reclaimed == [
+            {"task_id": task.id, "task": f"#{task.number}", "from": "ghost", "to": "heir"}]
         assert (await town.get_agent("heir")).state in (AgentState.IDLE, AgentState.WORKING)  # live
         await round_done(town, "heir", after)
         done = await town.get_task(task.id)
         assert (done.state, done.attempt) == (TaskState.COMPLETED, 2)
         with pytest.raises(Invalid, match="recover to a live agent"):
             await town.recover(to="ghost")
+
+
+async def test_tt_recover_names_the_tasks_it_moved_by_their_number(tt_env: dict[str, str]) -> None:
+    async with open_spawn_town(tt_env) as town:
+        await town.register_agent("ghost")
+        task = await town.assign("orphaned work", agent="ghost")
+        await town.receive("ghost", timeout_s=0)  # delivered: running, in flight
+        await town.update_agent("ghost", last_seen=0)
+    done = tt(tt_env, "recover")
+    assert done.returncode == 0, done.stderr
+    # #N as every table shows it (it printed the 36-character id), "message" counted in words
+    assert done.stdout.splitlines() == [
+        "marked stopped: ghost", "ghost: 1 unacknowledged message back in its inbox",
+        f"task #{task.number} of ghost → the backlog"], done.stdout
 
 
 @pytest.fixture

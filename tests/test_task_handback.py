@@ -105,7 +105,7 @@ async def test_recover_gives_a_live_agent_back_a_task_held_by_a_session_that_is_
     # (say it died between recording itself and giving the tasks back): the agent is live
     await real_town.update_agent("vera", session="a-session-that-died-while-opening")
     report = await real_town.recover()
-    assert report.given_back == [{"task_id": task.id, "agent": "vera"}]
+    assert report.given_back == [{"task_id": task.id, "task": f"#{task.number}", "agent": "vera"}]
     assert report.stopped == [] and report.reclaimed == []
     got = await real_town.receive("vera", timeout_s=0)
     assert [(m.kind, m.task_id) for m in got.messages] == [(MessageKind.TASK, task.id)]

@@ -483,7 +483,7 @@ class LifecycleOps:
                 continue
             if not self._is_gone(agent, now):
                 given = await self.handback.give_back(agent.name, held_elsewhere_only=True)
-                report.given_back += [{"task_id": t.id, "agent": agent.name} for t in given]
+                report.given_back += [{"task_id": t.id, "task": t.ref, "agent": agent.name} for t in given]
                 continue
             await self._recover_agent(agent, target.name if target else None, report)
         return report
@@ -504,7 +504,8 @@ class LifecycleOps:
         if report is not None:
             if requeued:
                 report.requeued[agent.name] = requeued
-            report.reclaimed += [{"task_id": t.id, "from": agent.name, "to": to} for t in moved]
+            report.reclaimed += [{"task_id": t.id, "task": t.ref, "from": agent.name, "to": to}
+                                 for t in moved]
 
     async def count_round(self, name: str, *, number: int, exit_code: int) -> None:
         """A runner finished a round: ``rounds_completed`` + 1 and an ``agent.round`` event

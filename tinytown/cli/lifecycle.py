@@ -228,18 +228,18 @@ def recover(
     if json_out:
         print_json(report)
         return
-    from tinytown.cli.render import say
+    from tinytown.cli.render import plural, say
 
     lines = []
     if report.stopped:
         lines.append(f"marked stopped: {', '.join(report.stopped)}")
     for agent, n in report.requeued.items():
-        lines.append(f"{agent}: {n} unacknowledged message(s) back in its inbox")
+        lines.append(f"{agent}: {plural(n, 'unacknowledged message')} back in its inbox")
     where = to or "the backlog"
     for moved in report.reclaimed:
-        lines.append(f"task {moved['task_id']} of {moved['from']} → {where}")
+        lines.append(f"task {moved['task']} of {moved['from']} → {where}")
     for given in report.given_back:
-        lines.append(f"task {given['task_id']} held by a lost session → back to {given['agent']}")
+        lines.append(f"task {given['task']} held by a lost session → back to {given['agent']}")
     for line in lines or ["nothing to recover"]:
         say(line)
 
