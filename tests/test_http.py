@@ -271,6 +271,15 @@ def test_tt_token_list_never_shows_a_token(tt_env: dict[str, str]) -> None:
     assert again.returncode == 1 and again.stderr.startswith("tt: not_found:")
 
 
+def test_tt_token_add_prints_the_token_and_a_note_that_does_not_read_as_an_error(
+    tt_env: dict[str, str],
+) -> None:
+    made = tt(tt_env, "token", "add", "alice")
+    assert made.returncode == 0 and made.stdout.startswith("ttk_"), made.stderr
+    assert made.stderr == ("# the token of alice; it is not shown again (`tt token revoke alice` "
+                           "withdraws it)\n")
+
+
 def test_tt_token_add_refuses_a_name_that_is_not_an_agent(tt_env: dict[str, str]) -> None:
     for name in ("all", "Bad Name!", ""):
         refused = tt(tt_env, "token", "add", name)

@@ -80,7 +80,8 @@ def token_add(
         print_json({"agent": agent, "token": token})
         return
     typer.echo(token)
-    typer.echo(f"tt: the token of {agent}; it is not shown again (`tt token revoke {agent}` withdraws it)",
+    # a note, not an error: "tt: …" on stderr is how failures read
+    typer.echo(f"# the token of {agent}; it is not shown again (`tt token revoke {agent}` withdraws it)",
                err=True)
 
 
