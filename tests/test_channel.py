@@ -173,6 +173,23 @@ async def test_a_receive_reports_the_mailbox_it_leaves_behind(town: Town) -> Non
     assert (empty.inbox.pending, empty.inbox.in_flight) == (0, 2)
 
 
+async def test_a_receive_that_puts_back_an_unseen_batch_reports_the_mailbox_it_leaves(
+    town: Town,
+) -> None:
+    await _agents(town, "bob")
+    for i in range(3):
+        await town.send("conductor", "bob", f"m{i}")
+    _, session, _ = await town.open_session("bob")
+    await town.receive("bob", timeout_s=0, max_messages=2, session=session, batch="b1")
+    town.forget_batch("bob", session, "b1")  # its client never saw it
+
+    got = await town.receive("bob", timeout_s=0, max_messages=1, session=session)
+
+    assert [m.body for m in got.messages] == ["m0"]  # the unseen batch came back first
+    assert (got.inbox.pending, got.inbox.in_flight) == (2, 1)
+    assert got.inbox == await town.inbox_counts("bob")
+
+
 async def test_peeking_at_the_inbox_does_not_consume(town: Town) -> None:
     await _agents(town, "bob")
     await town.send("conductor", "bob", "later", priority="low")

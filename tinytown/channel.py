@@ -292,11 +292,11 @@ class Channel:
             if first and ack_batch and self._delivered.get(key) == ack_batch:
                 del self._delivered[key]
             first = False
-            counts, rows = _counts(rows[0]), rows[1]
-            if rows:
+            counts, ids = _counts(rows[0]), rows[2]
+            if ids:
                 received = Received(
-                    [_message_from_row(row) for row in rows], timed_out=False, inbox=counts,
-                    batch=tag,
+                    [_message_from_row(row, mid) for row, mid in zip(rows[1], ids, strict=True)],
+                    timed_out=False, inbox=counts, batch=tag,
                 )
                 try:
                     await anyio.lowlevel.checkpoint()
@@ -516,7 +516,7 @@ def _counts(reply: list[Any]) -> InboxCounts:
 
 def _message_from_row(row: str, message_id: str | None = None) -> Message:
     # one JSON record (the stored form leaves out the id, which is in its key; the receive
-    # script puts it back); ``from`` is the field's alias; unknown internal fields
+    # script returns it beside the record); ``from`` is the field's alias; unknown internal fields
     # (``attempt``, ``batch``, ``thread``) are ignored.
     data = json.loads(row)
     if message_id is not None:

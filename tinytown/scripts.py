@@ -8,8 +8,9 @@ One script, loaded once (EVALSHA), dispatching on ``ARGV[1]``:
               in-flight messages, then pop up to N ids (highest priority first, FIFO inside
               one; message bodies up to a byte cap, at least one message) into the caller's
               in-flight set, tagged with the receive's batch id; an assignment it delivers
-              marks the task ``running``.  Returns ``{counts, messages}``: the caller's inbox
-              counts come with the batch
+              marks the task ``running``.  Returns ``{counts, records, ids}``: the caller's
+              inbox counts come with the batch; each record is the stored JSON (without
+              its id, which is in ``ids`` at the same place)
 ``requeue_batch`` put one batch's unacknowledged messages back (its client never saw it)
 ``touch``     ``last_seen`` = now, a sign of life
 ``ack``       acknowledge in-flight messages by id
@@ -70,8 +71,12 @@ local function fail(code, msg) return redis.error_reply(code .. ': ' .. msg) end
 local function inbox(agent, prio) return P .. 'inbox:' .. agent .. ':' .. prio end
 
 local function inbox_size(agent)
+  local keys = {}
+  for i, pr in ipairs(PRIOS) do keys[i] = inbox(agent, pr) end
+  -- an empty inbox (no list exists) answers in one call
+  if redis.call('EXISTS', unpack(keys)) == 0 then return 0 end
   local n = 0
-  for _, pr in ipairs(PRIOS) do n = n + redis.call('LLEN', inbox(agent, pr)) end
+  for _, key in ipairs(keys) do n = n + redis.call('LLEN', key) end
   return n
 end
 
@@ -84,8 +89,10 @@ local function mailbox_counts(agent)
 end
 
 local function ring(agent)
-  redis.call('LPUSH', P .. 'bell:' .. agent, '1')
-  redis.call('LTRIM', P .. 'bell:' .. agent, 0, 0)
+  -- at most one token: trimmed only when one was there already
+  if redis.call('LPUSH', P .. 'bell:' .. agent, '1') > 1 then
+    redis.call('LTRIM', P .. 'bell:' .. agent, 0, 0)
+  end
 end
 
 local function event(kind, data, maxlen)
@@ -118,13 +125,16 @@ end
 
 -- store (or rewrite) a record; a rewrite keeps the expiry an acknowledged message has.
 -- The id (it is in the key) and a delivery count of 0 are left out: every byte of a
--- pending message counts in a town with a long backlog.
+-- pending message counts in a town with a long backlog.  Returns the stored JSON (receive
+-- hands it out as it is, with the id beside it: one encode per delivered message).
 local function msg_put(id, m)
   local stored = {}
   for k, v in pairs(m) do stored[k] = v end
   stored['id'] = nil
   if stored['delivery_count'] == '0' then stored['delivery_count'] = nil end
-  redis.call('SET', P .. 'msg:' .. id, cjson.encode(stored), 'KEEPTTL')
+  local raw = cjson.encode(stored)
+  redis.call('SET', P .. 'msg:' .. id, raw, 'KEEPTTL')
+  return raw
 end
 
 local function msg_field(id, name)
@@ -228,11 +238,14 @@ local function drop_oldest_notice(agent)
   return false
 end
 
+-- how many ids requeue_ids took out of each agent's in-flight set in this call
+local REQUEUED = {}
+
 -- move in-flight ids of one agent back to the front, oldest delivery first in line
 local function requeue_ids(agent, ids)
   for i = #ids, 1, -1 do
     local id = ids[i]
-    redis.call('ZREM', P .. 'inflight:' .. agent, id)
+    REQUEUED[agent] = (REQUEUED[agent] or 0) + redis.call('ZREM', P .. 'inflight:' .. agent, id)
     redis.call('ZREM', P .. 'inflight_due', agent .. '|' .. id)
     local prio = msg_field(id, 'priority')
     if prio then push(agent, id, prio, true) end
@@ -279,12 +292,13 @@ end
 if OP == 'send' then
   local max_inbox = tonumber(ARGV[4])
   local maxlen = ARGV[5]
-  local sender = redis.call('HGET', P .. 'agent_names', ARGV[6])
-  local msg = cjson.decode(ARGV[7])
   local target = ARGV[8]
+  local names = redis.call('HMGET', P .. 'agent_names', ARGV[6], target)
+  local sender = names[1]
+  local msg = cjson.decode(ARGV[7])
   if not sender then return fail('not_found', 'no agent named ' .. ARGV[6] .. ' (the sender)') end
   if target ~= '*' then
-    local tid = redis.call('HGET', P .. 'agent_names', target)
+    local tid = names[2]
     if not tid then
       return fail('not_found', 'no agent named ' .. target .. '; list_agents / `tt list` show who is here')
     end
@@ -388,90 +402,116 @@ if OP == 'receive' then
   end
   local again = {}
   local back = {}
-  for _, id in ipairs(redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)) do
+  local flying = redis.call('ZRANGE', P .. 'inflight:' .. agent, 0, -1)
+  local acked = 0
+  for _, id in ipairs(flying) do
     local tag = msg_field(id, 'batch')
     if tag == batch then again[#again + 1] = id
-    elseif ack_previous and tag and tag == ack_batch then forget(agent, id)
+    elseif ack_previous and tag and tag == ack_batch then forget(agent, id); acked = acked + 1
     elseif ack_previous and mine ~= '' and tag and string.sub(tag, 1, #mine) == mine then
       back[#back + 1] = id
     end
   end
   if #back > 0 then requeue_ids(agent, back) end
+  -- out: the delivered records (JSON, without their id), ids: their ids, in the same order
   local out = {}
+  local ids = {}
   if #again > 0 then
     for _, id in ipairs(again) do
       local m = msg_get(id)
-      if m then out[#out + 1] = cjson.encode(m) end
+      if m then out[#out + 1] = cjson.encode(m); ids[#ids + 1] = id end
     end
-    if redis.call('GET', rkey) == batch then redis.call('DEL', rkey) end
-    return {mailbox_counts(agent), out}
+    -- this receive owns the receiver key (claimed or checked above): it is done waiting
+    redis.call('DEL', rkey)
+    return {mailbox_counts(agent), out, ids}
   end
   requeue_due(now, 100, redeliver_ms)
-  local held = redis.call('ZCARD', P .. 'inflight:' .. agent)
-  -- bodies up to max_bytes per batch (0: no cap); the message that would pass it stays at
-  -- the head of its list for the next receive, so one batch always holds at least one
+  -- the in-flight set's size now: what the scan found, less what left it since
+  local held = #flying - acked - (REQUEUED[agent] or 0)
+  -- bodies up to max_bytes per batch (0: no cap); the message that would pass it goes back
+  -- to the head of its list for the next receive, so one batch always holds at least one
   local max_bytes = tonumber(ARGV[10] or '0') or 0
   local taken = 0
+  -- the length of each list after the pops, where a short pop tells it (nil: ask LLEN)
+  local left = {}
+  local added = 0  -- new members of the in-flight set: held + added is its size after
   -- a paused agent is given nothing: its mail waits in the inbox (and the bell goes quiet
   -- below) until resume rings the bell again
   local full = a[3] == 'paused'
-  for _, pr in ipairs(PRIOS) do
+  for i, pr in ipairs(PRIOS) do
     while #out < max and not full do
-      if max_bytes > 0 and #out > 0 then
-        local head = redis.call('LINDEX', inbox(agent, pr), 0)
-        if not head then break end
-        if taken + string.len(msg_field(head, 'body') or '') > max_bytes then
+      local want = max - #out
+      -- one LPOP with a count (Redis >= 6.2) takes what this list can give the batch
+      local popped = redis.call('LPOP', inbox(agent, pr), want) or {}
+      local short = #popped < want
+      if short then left[i] = 0 end
+      for j, id in ipairs(popped) do
+        local m = msg_get(id)
+        if m and max_bytes > 0 and #out > 0
+            and taken + string.len(m['body'] or '') > max_bytes then
+          -- over the cap: this one and the rest go back to the head, in order, untouched
+          local rest = {}
+          for k = #popped, j, -1 do rest[#rest + 1] = popped[k] end
+          redis.call('LPUSH', inbox(agent, pr), unpack(rest))
+          if short then left[i] = #rest end
           full = true
           break
         end
-      end
-      local id = redis.call('LPOP', inbox(agent, pr))
-      if not id then break end
-      local m = msg_get(id)
-      if m then
-        m['delivery_count'] = tostring((tonumber(m['delivery_count']) or 0) + 1)
-        m['batch'] = batch
-        msg_put(id, m)
-        -- the delivery position as a fraction of a ms keeps delivery order in the zsets
-        -- (equal scores sort by id, which would shuffle a requeued batch)
-        local frac = string.format('.%03d', math.min(held + #out, 999))
-        redis.call('ZADD', P .. 'inflight:' .. agent, string.format('%d', now) .. frac, id)
-        redis.call('ZADD', P .. 'inflight_due', string.format('%d', now + redeliver_ms) .. frac,
-          agent .. '|' .. id)
-        out[#out + 1] = cjson.encode(m)
-        taken = taken + string.len(m['body'] or '')
-        local task_id = m['task_id']
-        if m['kind'] == 'task' and task_id then
-          local tkey = P .. 'task:' .. task_id
-          local t = redis.call('HMGET', tkey, 'state', 'assigned_to', 'attempt', 'seq')
-          local current = t[2] == agent and (not m['attempt'] or m['attempt'] == t[3])
-          if current and t[1] == 'assigned' then
-            redis.call('HSET', tkey, 'state', 'running', 'started_at', now, 'updated_at', now)
-            redis.call('ZREM', P .. 'tasks:state:assigned', task_id)
-            redis.call('ZADD', P .. 'tasks:state:running', t[4], task_id)
-            redis.call('HSET', akey, 'current_task', task_id)
-            -- a paused agent stays paused (its runner puts the batch back)
-            if a[3] ~= 'paused' then redis.call('HSET', akey, 'state', 'working') end
-            event('task.started', cjson.encode({task_id = task_id, agent = a[1]}), maxlen)
-          elseif current and t[1] == 'running' then
-            redis.call('HSET', akey, 'current_task', task_id)  -- given back after a crash
-          end
-          -- the session that now holds the task (tt recover: a live agent's task held by a
-          -- session that is gone comes back to the current one)
-          if current and (t[1] == 'assigned' or t[1] == 'running') and a[2] then
-            redis.call('HSET', tkey, 'held_by', a[2])
+        if m then
+          m['delivery_count'] = tostring((tonumber(m['delivery_count']) or 0) + 1)
+          m['batch'] = batch
+          local raw = msg_put(id, m)
+          -- the delivery position as a fraction of a ms keeps delivery order in the zsets
+          -- (equal scores sort by id, which would shuffle a requeued batch)
+          local frac = string.format('.%03d', math.min(held + #out, 999))
+          added = added + redis.call('ZADD', P .. 'inflight:' .. agent,
+            string.format('%d', now) .. frac, id)
+          redis.call('ZADD', P .. 'inflight_due', string.format('%d', now + redeliver_ms) .. frac,
+            agent .. '|' .. id)
+          out[#out + 1] = raw
+          ids[#ids + 1] = id
+          taken = taken + string.len(m['body'] or '')
+          local task_id = m['task_id']
+          if m['kind'] == 'task' and task_id then
+            local tkey = P .. 'task:' .. task_id
+            local t = redis.call('HMGET', tkey, 'state', 'assigned_to', 'attempt', 'seq')
+            local current = t[2] == agent and (not m['attempt'] or m['attempt'] == t[3])
+            if current and t[1] == 'assigned' then
+              redis.call('HSET', tkey, 'state', 'running', 'started_at', now, 'updated_at', now)
+              redis.call('ZREM', P .. 'tasks:state:assigned', task_id)
+              redis.call('ZADD', P .. 'tasks:state:running', t[4], task_id)
+              redis.call('HSET', akey, 'current_task', task_id)
+              -- a paused agent stays paused (its runner puts the batch back)
+              if a[3] ~= 'paused' then redis.call('HSET', akey, 'state', 'working') end
+              event('task.started', cjson.encode({task_id = task_id, agent = a[1]}), maxlen)
+            elseif current and t[1] == 'running' then
+              redis.call('HSET', akey, 'current_task', task_id)  -- given back after a crash
+            end
+            -- the session that now holds the task (tt recover: a live agent's task held by a
+            -- session that is gone comes back to the current one)
+            if current and (t[1] == 'assigned' or t[1] == 'running') and a[2] then
+              redis.call('HSET', tkey, 'held_by', a[2])
+            end
           end
         end
       end
+      if short then break end
     end
   end
   -- fewer than asked means every list is empty now: the bell has nothing to announce
   -- (a full batch leaves it; a spurious wake costs one empty pop, never a lost message)
   if #out < max and (not full or a[3] == 'paused') then redis.call('DEL', P .. 'bell:' .. agent) end
-  if (#out > 0 or release) and redis.call('GET', rkey) == batch then redis.call('DEL', rkey) end
-  redis.call('HSET', akey, 'last_seen', now)
-  if a[3] == 'starting' then redis.call('HSET', akey, 'state', 'idle') end
-  return {mailbox_counts(agent), out}
+  -- this receive owns the receiver key (claimed or checked above)
+  if #out > 0 or release then redis.call('DEL', rkey) end
+  if a[3] == 'starting' then
+    redis.call('HSET', akey, 'last_seen', now, 'state', 'idle')
+  else
+    redis.call('HSET', akey, 'last_seen', now)
+  end
+  local counts = {}
+  for i, pr in ipairs(PRIOS) do counts[i] = left[i] or redis.call('LLEN', inbox(agent, pr)) end
+  counts[5] = held + added
+  return {counts, out, ids}
 end
 
 -- ARGV: deadline, agent, batch -> how many of that batch's unacknowledged messages went back
