@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 import tomllib
@@ -255,6 +256,17 @@ def test_tt_serve_refuses_a_public_bind_without_tls_or_insecure_http(tt_env: dic
     refused = tt(tt_env, "serve", "--host", "0.0.0.0", "--port", "0")
     assert refused.returncode == 2
     assert "--tls-cert" in refused.stderr and "--insecure-http" in refused.stderr
+
+
+def test_tt_serve_on_a_port_in_use_says_so_in_one_line(tt_env: dict[str, str]) -> None:
+    """Like tt dashboard; it was uvicorn's "ERROR: [Errno 98] …" and exit 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = tt(tt_env, "serve", "--port", str(port))
+    assert (refused.returncode, refused.stdout) == (1, ""), refused.stderr
+    assert refused.stderr == f"tt: invalid: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_tt_token_list_never_shows_a_token(tt_env: dict[str, str]) -> None:

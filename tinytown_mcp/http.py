@@ -464,6 +464,9 @@ async def serve_http(
     once the port is bound (``--port 0`` picks a free one)."""
     import uvicorn
 
+    from tinytown.listening import bind_socket
+
+    sock = bind_socket(host, port)  # a port in use is one invalid: line (uvicorn logs and exits 3)
     face = HttpFace(town, keepalive_s=keepalive_s, host=host)
     config = uvicorn.Config(
         face, host=host, port=port, lifespan="on", log_level="warning", access_log=False,
@@ -486,4 +489,7 @@ async def serve_http(
             self._captured_signals.clear()  # a signal asked for this exit: return normally
             await super().shutdown(sockets)
 
-    await Server(config).serve()
+    try:
+        await Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()

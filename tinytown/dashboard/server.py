@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tinytown.dashboard import board
 from tinytown.errors import Invalid, TinytownError
+from tinytown.listening import bind_socket
 from tinytown.models import CONDUCTOR
 
 if TYPE_CHECKING:
@@ -279,25 +280,6 @@ class Gate:
         if request.method != "GET" and foreign:
             return "writes are accepted only from the dashboard's own page\n"
         return None
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (0: any free port).
-
-    Raises:
-        Invalid: the address cannot be bound (in use, not this machine's).
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise Invalid(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 async def serve(town: Town, *, host: str, port: int, on_start: Callable[[str, str | None], None]) -> None:
