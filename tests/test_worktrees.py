@@ -219,6 +219,27 @@ async def test_a_merged_or_discarded_task_is_refused_by_merge_and_discard_with_w
     assert git(root, "rev-parse", "HEAD").strip() == head
 
 
+async def test_merging_a_task_whose_branch_changed_nothing_is_refused_and_makes_no_commit(
+    tt_env: dict[str, str],
+) -> None:
+    """A task that changed no file has a branch at its base: merging it would only add an
+    empty merge commit, so it is refused (plain and ``--squash``) and the checkout stays."""
+    root = Path(tt_env["TINYTOWN_TOWN"])
+    make_repository(root)
+    async with open_spawn_town(tt_env) as town:
+        await town.spawn_agent("lou", cli="editor", worktree=True)
+        number = (await town.get_task(await finish(town, "look around, change nothing", "lou"))).number
+    head = git(root, "rev-parse", "HEAD").strip()
+    for squash in ([], ["--squash"]):
+        refused = tt(tt_env, "merge", f"#{number}", *squash)
+        assert refused.returncode == 1, refused.stdout
+        assert refused.stderr == (f"tt: conflict: task #{number}'s branch tt/lou/{number} has no "
+                                  f"change that main lacks; nothing to merge (`tt discard #{number}` "
+                                  "drops the branch)\n"), refused.stderr
+    assert git(root, "rev-parse", "HEAD").strip() == head
+    assert json.loads(tt(tt_env, "task", "show", f"#{number}", "--json").stdout)["merged_into"] is None
+
+
 async def test_a_worktree_agent_in_a_town_outside_git_is_refused_and_nothing_is_registered(
     tt_env: dict[str, str],
 ) -> None:

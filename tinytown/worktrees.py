@@ -304,7 +304,8 @@ class Worktrees:
         Raises:
             Conflict: the checkout has uncommitted changes (nothing done), or the merge
                 conflicts (aborted: the checkout is as it was; the message names the files),
-                or the task was merged or discarded already.
+                or the task was merged or discarded already, or its branch holds nothing
+                the checkout's branch lacks.
         """
         task = await self._task_with_branch(ref)
         self._refuse_discarded(task, "merge")
@@ -326,6 +327,9 @@ class Worktrees:
             raise Conflict(f"the checkout {repo} has uncommitted changes; commit or stash them "
                            "first (nothing was merged)")
         into = git(repo, "branch", "--show-current").strip() or "HEAD"
+        if git(repo, "rev-list", "--count", f"HEAD..{task.branch}").strip() == "0":
+            raise Conflict(f"task {task.ref}'s branch {task.branch} has no change that {into} lacks; "
+                           f"nothing to merge (`tt discard {task.ref}` drops the branch)")
         message = f"tinytown: merge task #{task.number} ({task.branch}) — {_first_line(task.description)}"
         args = ["merge", "--squash", task.branch] if squash else ["merge", "--no-ff", "-m", message,
                                                                    task.branch]
