@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,6 +197,13 @@ def test_a_runner_whose_server_vanishes_without_an_order_gives_up_after_stale_af
     try:
         server = tt_json(env, "up")["pid"]
         runner = tt_json(env, "spawn", "otto", "--cli", "gated")
+        # spawn returns before the runner has opened its session; a server gone before that
+        # stops it at once (seen on a loaded machine), which is not what this test is about
+        log_path = tmp_path / ".tt" / "logs" / "otto.runner.log"
+        deadline = time.monotonic() + 60
+        while "runner of otto started" not in (log_path.read_text() if log_path.exists() else ""):
+            assert time.monotonic() < deadline, "the runner did not start within 60 s"
+            time.sleep(0.02)  # no event to wait on outside the town: bounded readiness probe
         os.kill(server, signal.SIGKILL)  # the server goes, and nobody ordered the runner to stop
         assert wait_exit(runner["pid"], 60)
         log = (tmp_path / ".tt" / "logs" / "otto.runner.log").read_text()
