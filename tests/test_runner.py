@@ -247,7 +247,8 @@ async def test_recover_after_a_runner_is_killed_returns_its_task_and_messages(
         report = await town.recover()
         assert report.stopped == ["ivan"]
         assert report.requeued == {"ivan": 1}
-        assert report.reclaimed == [{"task_id": task.id, "from": "ivan", "to": None}]
+        assert report.reclaimed == [
+            {"task_id": task.id, "task": f"#{task.number}", "from": "ivan", "to": None}]
         ivan = await town.get_agent("ivan")
         assert (ivan.state, ivan.pid, ivan.current_task) == (AgentState.STOPPED, None, None)
         assert not next(v for v in (await town.status()).agents if v.agent.name == "ivan").runner_gone
