@@ -132,10 +132,7 @@ def _cancel_until_done_on_ctrl_c() -> None:
             task.cancel()
             loop.call_later(0.1, cancel)
 
-    try:
-        loop.add_signal_handler(signal.SIGINT, cancel)
-    except (ValueError, RuntimeError, NotImplementedError):
-        pass  # not the main thread, or no signal support: asyncio.run's own handling stays
+    loop.add_signal_handler(signal.SIGINT, cancel)
 
 
 def run_plain(fn: Callable[[], T]) -> T:
