@@ -90,7 +90,6 @@ def run(ctx: typer.Context, fn: Callable[[Town], Awaitable[T]], *, start_redis: 
 
     async def go() -> T:
         nonlocal managed
-        _cancel_until_done_on_ctrl_c()
         town = await Town.open(town_path, start_redis=start_redis)
         managed = town.config.redis.url is None
         try:
@@ -103,8 +102,6 @@ def run(ctx: typer.Context, fn: Callable[[Town], Awaitable[T]], *, start_redis: 
         # `tt` start-up; anyio calls inside the Town still work on this loop (the backend is
         # then loaded on first use only).
         return asyncio.run(go())
-    except asyncio.CancelledError:
-        raise KeyboardInterrupt from None  # Ctrl-C (see _cancel_until_done_on_ctrl_c)
     except Unavailable as error:
         if managed:
             from tinytown.connect import managed_hint
@@ -113,26 +110,6 @@ def run(ctx: typer.Context, fn: Callable[[Town], Awaitable[T]], *, start_redis: 
         fail(error)
     except TinytownError as error:
         fail(error)
-
-
-def _cancel_until_done_on_ctrl_c() -> None:
-    """Ctrl-C cancels the running command, and again every 0.1 s until it has ended.
-
-    asyncio.run cancels its task once; redis-py can swallow a cancellation that lands while
-    a command is in flight (the call then returns as usual), and ``tt status --watch`` went
-    on watching as if Ctrl-C had not been pressed.  A command that installs its own SIGINT
-    handler (the runner) replaces this one."""
-    import signal
-
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-
-    def cancel() -> None:
-        if task is not None and not task.done():
-            task.cancel()
-            loop.call_later(0.1, cancel)
-
-    loop.add_signal_handler(signal.SIGINT, cancel)
 
 
 def run_plain(fn: Callable[[], T]) -> T:
