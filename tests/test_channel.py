@@ -690,6 +690,33 @@ async def test_follow_yields_new_events_as_they_are_appended(real_town: Town) ->
     assert seen == ["message.sent"]
 
 
+async def test_follow_ends_when_its_task_was_cancelled_even_if_a_call_swallowed_the_cancellation(
+    real_town: Town,
+) -> None:
+    """Ctrl-C cancels ``tt status --watch`` / ``tt history --follow`` once; redis-py 8.1 can
+    swallow a cancellation that lands mid-command, and the follow loop then waited forever.
+    The swallowing is done here on purpose, as the library does it."""
+    import asyncio
+
+    waiting = anyio.Event()
+
+    async def follower() -> None:
+        try:
+            waiting.set()
+            await asyncio.sleep(60)  # the command in flight when the cancellation lands
+        except asyncio.CancelledError:
+            pass  # swallowed, without uncancel(): the task still counts the request
+        async for _event in real_town.follow(block_s=0.2):
+            pass
+
+    task = asyncio.create_task(follower())
+    await waiting.wait()
+    task.cancel()
+    with anyio.fail_after(20):
+        done, _ = await asyncio.wait({task})
+    assert task.cancelled(), "the follow loop went on after its task was cancelled"
+
+
 # ----------------------------------------------------------------- isolation
 
 

@@ -26,6 +26,7 @@ session was given but did not acknowledge.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -527,3 +528,19 @@ def _message_from_row(row: str, message_id: str | None = None) -> Message:
 def _event(eid: str, fields: dict[str, str]) -> Event:
     ms = int(str(eid).split("-", 1)[0])
     return Event(id=str(eid), type=fields.get("type", ""), at=ms, data=json.loads(fields.get("data", "{}")))
+
+
+def stop_if_cancelled() -> None:
+    """End a loop that waits forever (``--watch``, ``--follow``) once its task was asked to
+    stop.
+
+    ``asyncio.run`` cancels the task once on Ctrl-C; redis-py can swallow a cancellation that
+    lands while a command is in flight, and the loop would then go on waiting.  The task
+    still counts the request (``cancelling()``), so each turn of such a loop checks it.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on an asyncio loop
+        return
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

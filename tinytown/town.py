@@ -23,7 +23,15 @@ import anyio
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from tinytown.channel import PROGRESS_EVERY_S, Channel, Plan, ProgressCallback, Received, RetentionTimes
+from tinytown.channel import (
+    PROGRESS_EVERY_S,
+    Channel,
+    Plan,
+    ProgressCallback,
+    Received,
+    RetentionTimes,
+    stop_if_cancelled,
+)
 from tinytown.config import TownConfig, TownPaths, find_town_root, load_config
 from tinytown.errors import Conflict, Invalid, NotFound, StaleRead, wrap_redis_errors
 from tinytown.keys import Keys
@@ -692,6 +700,7 @@ class Town(TaskOps, LifecycleOps):
         """Yield events as they are appended (after id ``after``), forever."""
         last = await self.last_event_id() if after == "$" else after
         while True:
+            stop_if_cancelled()
             for event in await self.wait_events(last, block_s):
                 last = event.id
                 yield event

@@ -273,6 +273,7 @@ async def _watch(town: "Town", json_out: bool) -> None:
     status only when something happened.  The inbox is peeked, never consumed: the human
     still reads it with ``tt receive``.
     """
+    from tinytown.channel import stop_if_cancelled
     from tinytown.cli.app import is_terminal, to_jsonable
     from tinytown.cli.render import console, plain, renderable
 
@@ -289,6 +290,7 @@ async def _watch(town: "Town", json_out: bool) -> None:
     if json_out or not is_terminal():
         changed = True
         while True:
+            stop_if_cancelled()
             if changed:
                 parts = await view()
                 if parts:
@@ -302,6 +304,7 @@ async def _watch(town: "Town", json_out: bool) -> None:
 
     with Live(renderable(await view()), console=console(), auto_refresh=False) as live:
         while True:
+            stop_if_cancelled()
             events = await town.wait_events(last, WATCH_REFRESH_S)
             if events:
                 last = events[-1].id

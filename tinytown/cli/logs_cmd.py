@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tinytown.channel import stop_if_cancelled
 from tinytown.cli.app import JsonOption, app, fail, print_json, run
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ async def _show(town: "Town", paths: "TownPaths", name: str, first: int, *, foll
         return
     last = await town.last_event_id()
     while True:
+        stop_if_cancelled()
         events = await town.wait_events(last, FOLLOW_TICK_S)
         if events:
             last = events[-1].id
